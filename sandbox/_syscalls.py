@@ -1,0 +1,222 @@
+"""The only module that issues raw syscalls.
+
+``os.*`` is used where Python has the call (``os.unshare``/``os.setns`` on 3.12+), ``ctypes`` with
+``use_errno=True`` otherwise. Every wrapper raises ``OSError(errno, strerror, path)`` whose
+``filename`` names the operand and whose message names the operation, so callers can turn it into
+a ``RuntimeSetupError`` without guessing.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import os
+import socket
+import struct
+from typing import Any
+
+__all__ = [
+    "CLONE_NEWNS", "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWUSER", "CLONE_NEWPID",
+    "CLONE_NEWNET", "CLONE_NEWCGROUP",
+    "MS_RDONLY", "MS_NOSUID", "MS_NODEV", "MS_NOEXEC", "MS_REMOUNT", "MS_BIND", "MS_MOVE",
+    "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_STRICTATIME", "MS_RELATIME", "MNT_DETACH",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "prctl", "set_no_new_privs",
+    "drop_bounding_caps", "set_caps", "set_pdeathsig", "set_child_subreaper", "loopback_up",
+    "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap",
+]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+CAP_LAST_CAP = 40
+_SYS_PIVOT_ROOT = 155  # x86_64
+_SYS_CAPSET = 126
+_SYSCALLS_BY_ARCH = {
+    "x86_64": {"pivot_root": 155, "capset": 126},
+    "aarch64": {"pivot_root": 41, "capset": 91},
+}
+
+_libc: Any = None
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(ret: int, op: str, path: str | None = None) -> int:
+    if ret == -1:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{op}: {os.strerror(err)}", path)
+    return ret
+
+
+def _enc(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    return os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2). Fails with EINVAL for CLONE_NEWUSER in a multi-threaded process."""
+    if hasattr(os, "unshare"):
+        try:
+            os.unshare(flags)  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise OSError(exc.errno, f"unshare: {os.strerror(exc.errno or 0)}", None) from None
+        return
+    _check(_lib().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2) on an open namespace file descriptor."""
+    if hasattr(os, "setns"):
+        try:
+            os.setns(fd, nstype)  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise OSError(exc.errno, f"setns: {os.strerror(exc.errno or 0)}", None) from None
+        return
+    _check(_lib().setns(fd, nstype), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2)."""
+    _check(_lib().mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data)),
+           "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_lib().umount2(_enc(target), flags), "umount2", target)
+
+
+def _sysno(name: str) -> int:
+    machine = os.uname().machine
+    try:
+        return _SYSCALLS_BY_ARCH[machine][name]
+    except KeyError:
+        raise OSError(_errno.ENOSYS, f"{name}: no syscall number for {machine}", None) from None
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2) (no libc wrapper, so through syscall(2))."""
+    _check(_lib().syscall(_sysno("pivot_root"), _enc(new_root), _enc(put_old)),
+           "pivot_root", new_root)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2)."""
+    import ctypes
+
+    lib = _lib()
+    return _check(lib.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                            ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), "prctl")
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def cap_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return CAP_LAST_CAP
+
+
+def drop_bounding_caps(keep: frozenset[int]) -> None:
+    """Drop every capability not in ``keep`` from the bounding and ambient sets."""
+    for cap in range(cap_last_cap() + 1):
+        if cap in keep:
+            continue
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError as exc:
+            if exc.errno != _errno.EINVAL:
+                raise
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass
+
+
+def set_caps(effective: frozenset[int], permitted: frozenset[int],
+             inheritable: frozenset[int]) -> None:
+    """capset(2) with the v3 (64-bit) layout."""
+    import ctypes
+
+    def words(caps: frozenset[int]) -> tuple[int, int]:
+        value = 0
+        for cap in caps:
+            value |= 1 << cap
+        return value & 0xFFFFFFFF, value >> 32
+
+    header = struct.pack("II", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    e, p, i = words(effective), words(permitted), words(inheritable)
+    data = struct.pack("IIIIII", e[0], p[0], i[0], e[1], p[1], i[1])
+    hbuf = ctypes.create_string_buffer(header, len(header))
+    dbuf = ctypes.create_string_buffer(data, len(data))
+    _check(_lib().syscall(_sysno("capset"), hbuf, dbuf), "capset")
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in the current network namespace (bubblewrap ``loopback_setup``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sh14x", b"lo", 0)
+        res = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq)
+        flags = struct.unpack("16sh14x", res)[1]
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | _IFF_UP))
+
+
+def mknod_whiteout(path: str) -> None:
+    """Create an overlayfs whiteout (a 0:0 character device)."""
+    import stat
+
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))

@@ -1,0 +1,355 @@
+"""Containers: from an image and options to a spec on disk, and a foreground run.
+
+A container is a directory ``containers/<id>/`` holding ``config.json`` (the spec and what
+created it), ``state.json`` (lifecycle), ``upper/`` and ``work/`` (the writable layer), the
+mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname`` and
+``/etc/resolv.conf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.errors import ContainerNotFound, SandboxError, SpecError
+from sandbox.images import Image, ImageStore
+from sandbox.runtime.idmap import IdMapping, detect_mapping
+from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
+from sandbox.store import Store
+
+__all__ = ["RunOptions", "Engine", "generate_name", "parse_volume"]
+
+_ADJECTIVES = ("admiring", "agitated", "amazing", "bold", "brave", "busy", "clever", "cool",
+               "dazzling", "eager", "elastic", "epic", "festive", "focused", "gifted", "happy",
+               "hopeful", "jolly", "keen", "kind", "lucid", "modest", "nifty", "optimistic",
+               "peaceful", "quirky", "relaxed", "serene", "sharp", "stoic", "tender", "vibrant",
+               "wizardly", "youthful", "zealous")
+_NAMES = ("albattani", "babbage", "bohr", "curie", "darwin", "dijkstra", "einstein", "euler",
+          "fermat", "feynman", "galileo", "gauss", "hopper", "hypatia", "kepler", "knuth",
+          "lamport", "lovelace", "maxwell", "meitner", "newton", "noether", "pascal", "ritchie",
+          "shannon", "thompson", "torvalds", "turing", "wozniak", "yonath")
+_PSEUDO_FS = ("proc", "sys", "dev")
+_HOST_TMPFS = ("tmp",)
+
+
+def generate_name(taken: set[str]) -> str:
+    """Docker-style ``adjective_scientist``, unique among ``taken``."""
+    rng = random.SystemRandom()
+    for attempt in range(100):
+        name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NAMES)}"
+        if attempt > 10:
+            name += str(rng.randint(0, 99))
+        if name not in taken:
+            return name
+    return f"sandbox_{os.urandom(4).hex()}"
+
+
+def parse_volume(text: str) -> Mount:
+    """``-v host:ctr[:ro|:rw]`` (host must be absolute, or a volume name)."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        return Mount(target=parts[0], type="volume", source="")
+    if len(parts) > 3 or not parts[0] or not parts[1]:
+        raise SpecError(f"invalid volume specification {text!r}",
+                        hint="use -v /host/path:/container/path[:ro]")
+    readonly = False
+    if len(parts) == 3:
+        opts = parts[2].split(",")
+        for opt in opts:
+            if opt not in ("ro", "rw", "z", "Z", "rbind", "bind", "rprivate", "private"):
+                raise SpecError(f"invalid mode {opt!r} in volume {text!r}", hint="use ro or rw")
+        readonly = "ro" in opts
+    source, target = parts[0], parts[1]
+    if source.startswith("/") or source.startswith("."):
+        source = os.path.abspath(source)
+        if not os.path.exists(source):
+            raise SpecError(f"bind source path does not exist: {source}")
+        return Mount(target=target, type="bind", source=source, readonly=readonly)
+    return Mount(target=target, type="volume", source=source, readonly=readonly)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``sandbox run``/``create`` (and the pytest plugin) ask for."""
+
+    name: str = ""
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str | None = None
+    hostname: str = ""
+    network: str = "none"
+    readonly_rootfs: bool = False
+    interactive: bool = False
+    tty: bool = False
+    mounts: tuple[Mount, ...] = ()
+    remove: bool = False
+    entrypoint: tuple[str, ...] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    storage_driver: str | None = None
+
+
+def _merge_env(base: list[str], extra: tuple[str, ...]) -> tuple[str, ...]:
+    merged: dict[str, str] = {}
+    for item in [*base, *extra]:
+        k, _, v = item.partition("=")
+        merged[k] = v
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def _host_submounts() -> set[str]:
+    """Top-level host dirs that have mounts below them (kernel overlay cannot take those)."""
+    out: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mountpoint = line.split(" ")[4]
+                top = mountpoint.strip("/").split("/")[0]
+                if top and mountpoint != "/":
+                    out.add(top)
+    except OSError:
+        pass
+    return out
+
+
+class Engine:
+    """The engine as the front ends use it: images, containers, runs."""
+
+    def __init__(self, store: Store | None = None, *, mapping: IdMapping | None = None,
+                 storage_driver: str | None = None) -> None:
+        self.store = store or Store()
+        self._mapping = mapping
+        self.storage_driver = storage_driver
+        self.images = ImageStore(self.store)
+
+    @property
+    def mapping(self) -> IdMapping:
+        if self._mapping is None:
+            self._mapping = detect_mapping()
+        return self._mapping
+
+    # -- container records --------------------------------------------------------------------
+    def container_names(self) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for cid in self.store.iter_containers():
+            try:
+                cfg = self.store.read_json(os.path.join(self.store.container_dir(cid),
+                                                        "config.json"))
+            except (OSError, ValueError):
+                continue
+            names[cfg.get("name", "")] = cid
+        return names
+
+    def resolve_container(self, ref: str) -> str:
+        """A container id by full id, name, or unique id prefix."""
+        names = self.container_names()
+        if ref in names:
+            return names[ref]
+        matches = [cid for cid in names.values() if cid.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise SandboxError(f"multiple containers match {ref!r}", hint="give more of the id")
+        raise ContainerNotFound(f"no such container: {ref}")
+
+    def load_config(self, cid: str) -> dict[str, Any]:
+        cfg: dict[str, Any] = self.store.read_json(
+            os.path.join(self.store.container_dir(cid), "config.json"))
+        return cfg
+
+    # -- spec ---------------------------------------------------------------------------------
+    def _argv(self, image: Image, cmd: list[str], opts: RunOptions) -> tuple[str, ...]:
+        cfg = image.run_config
+        entry = list(opts.entrypoint) if opts.entrypoint is not None else list(
+            cfg.get("Entrypoint") or [])
+        if cmd:
+            args = cmd
+        elif opts.entrypoint is not None:
+            args = []
+        else:
+            args = list(cfg.get("Cmd") or [])
+        return tuple(entry + args)
+
+    def _rootfs(self, image: Image, cdir: str, driver: str) -> RootfsSpec:
+        upper, work, mnt = (os.path.join(cdir, d) for d in ("upper", "work", "rootfs"))
+        for d in (upper, work, mnt):
+            os.mkdir(d, 0o755)
+        if image.builtin:
+            return self._host_rootfs(upper, work, mnt)
+        lowers = tuple(self.images.layer_dirs(image))
+        if not lowers:
+            empty = os.path.join(cdir, "empty")
+            os.mkdir(empty, 0o755)
+            lowers = (empty,)
+        if driver == "copy":
+            from sandbox.runtime.userns import run_in_userns
+
+            run_in_userns(_flatten, list(lowers), upper)
+        return RootfsSpec(driver=driver, lowers=lowers, upper=upper, work=work, mountpoint=mnt)
+
+    @staticmethod
+    def _host_rootfs(upper: str, work: str, mnt: str) -> RootfsSpec:
+        submounts = _host_submounts()
+        lowers: list[str] = []
+        binds: list[str] = []
+        tmpfs: list[str] = []
+        with os.scandir("/") as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            name = entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), os.path.join(upper, name))
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            os.mkdir(os.path.join(upper, name), 0o755)
+            if name in _PSEUDO_FS:
+                continue
+            if name in _HOST_TMPFS:
+                tmpfs.append("/" + name)
+            elif name in submounts:
+                binds.append("/" + name)
+            else:
+                os.mkdir(os.path.join(work, name), 0o755)
+                lowers.append("/" + name)
+        return RootfsSpec(driver="overlay", lowers=tuple(lowers), upper=upper, work=work,
+                          mountpoint=mnt, host=True, binds=tuple(binds), tmpfs=tuple(tmpfs))
+
+    def create(self, image_ref: str, cmd: list[str], opts: RunOptions) -> ContainerSpec:
+        """Make the container's directory and spec (``docker create``)."""
+        from sandbox.drivers import select_driver
+
+        self.store.ensure()
+        image = self.images.get(image_ref)
+        names = self.container_names()
+        name = opts.name or generate_name(set(names))
+        if opts.name:
+            _check_name(opts.name)
+            if opts.name in names:
+                raise SandboxError(f'the container name "/{opts.name}" is already in use by '
+                                   f'container "{names[opts.name]}"',
+                                   hint="remove or rename that container")
+        cid = os.urandom(32).hex()
+        cdir = self.store.container_dir(cid)
+        cfg = image.run_config
+        user = opts.user if opts.user is not None else str(cfg.get("User") or "")
+        driver = "overlay" if image.builtin else select_driver(
+            self.store, opts.storage_driver or self.storage_driver).name
+        os.mkdir(cdir, 0o700)
+        try:
+            rootfs = self._rootfs(image, cdir, driver)
+            mapping = self.mapping
+            spec = ContainerSpec(
+                id=cid, name=name, image=image_ref, image_id=image.id, rootfs=rootfs,
+                argv=self._argv(image, cmd, opts),
+                env=_merge_env(list(cfg.get("Env") or []), opts.env),
+                workdir=opts.workdir or str(cfg.get("WorkingDir") or "/"),
+                user=user, hostname=opts.hostname or cid[:12], network=opts.network,
+                readonly_rootfs=opts.readonly_rootfs, interactive=opts.interactive,
+                tty=opts.tty, mounts=self._volumes(opts.mounts),
+                uid_map=mapping.uid_map, gid_map=mapping.gid_map, map_mode=mapping.mode,
+                container_dir=cdir, store_root=self.store.root, remove=opts.remove,
+                labels=dict(opts.labels))
+            validate_spec(spec)
+            self._write_files(spec)
+        except BaseException:
+            self.remove_dir(cid)
+            raise
+        return spec
+
+    def _volumes(self, mounts: tuple[Mount, ...]) -> tuple[Mount, ...]:
+        out = []
+        for m in mounts:
+            if m.type == "volume":
+                vname = m.source or os.urandom(32).hex()
+                vdir = self.store.volume_dir(vname)
+                os.makedirs(os.path.join(vdir, "_data"), exist_ok=True)
+                m = dataclasses.replace(m, type="bind", source=os.path.join(vdir, "_data"))
+            out.append(m)
+        return tuple(out)
+
+    def _write_files(self, spec: ContainerSpec) -> None:
+        cdir = spec.container_dir
+        hostname = spec.hostname
+        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 f"127.0.1.1\t{hostname}\n")
+        resolv = ""
+        if spec.network == "host":
+            try:
+                with open("/etc/resolv.conf") as f:
+                    resolv = f.read()
+            except OSError:
+                resolv = ""
+        for fname, content in (("hosts", hosts), ("hostname", hostname + "\n"),
+                               ("resolv.conf", resolv)):
+            with open(os.path.join(cdir, fname), "w") as f:
+                f.write(content)
+        record = {"id": spec.id, "name": spec.name, "created": time.time(),
+                  "spec": dataclasses.asdict(spec), "rootfs": {"lowers": list(
+                      spec.rootfs.lowers)}}
+        with open(os.path.join(cdir, "config.json"), "w") as f:
+            json.dump(record, f)
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, spec: ContainerSpec) -> int:
+        """A foreground run: returns the Docker-style exit status."""
+        from sandbox.runtime.process import run
+
+        self._write_state(spec, "running")
+        try:
+            code = run(spec, self.mapping)
+        except BaseException:
+            if spec.remove:
+                self.remove_dir(spec.id)
+            else:
+                self._write_state(spec, "exited", exit_code=125)
+            raise
+        if not spec.remove:
+            self._write_state(spec, "exited", exit_code=code)
+        elif os.path.exists(spec.container_dir):
+            self.remove_dir(spec.id)
+        return code
+
+    def _write_state(self, spec: ContainerSpec, status: str, *, exit_code: int = 0) -> None:
+        if spec.remove and status == "running":
+            return  # nobody will look: save the write
+        path = os.path.join(spec.container_dir, "state.json")
+        if not os.path.isdir(spec.container_dir):
+            return
+        state = {"status": status, "exit_code": exit_code, "time": time.time()}
+        self.store.write_json(path, state)
+
+    def remove_dir(self, cid: str) -> None:
+        """Delete a container's directory (inside the user namespace: its files may belong to
+        the subordinate range)."""
+        cdir = self.store.container_dir(cid)
+        if not os.path.exists(cdir):
+            return
+        try:
+            self.store.rm_rf(cdir)
+        except OSError:
+            from sandbox.runtime.userns import run_in_userns
+
+            run_in_userns(_rm_container, self.store.root, cdir, mapping=self.mapping)
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        raise SpecError(f'invalid container name "{name}"',
+                        hint="only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+
+
+def _rm_container(root: str, cdir: str) -> None:
+    Store(root).rm_rf(cdir)
+
+
+def _flatten(lowers: list[str], dest: str) -> None:
+    from sandbox import layers
+
+    layers.flatten_layers(lowers, dest)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""User and group id maps for the container's user namespace.
+
+Policy (DESIGN.md decision 2): when the user has ``/etc/subuid`` and ``/etc/subgid`` ranges and
+``newuidmap``/``newgidmap`` are installed, container 0 is the user and 1..N are the range (as
+Podman does); otherwise only 0 is mapped, to the user, with ``setgroups`` denied (as bubblewrap
+and charliecloud do).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from sandbox.spec import IdMap
+
+__all__ = ["IdMapping", "detect_mapping", "read_subid_ranges", "write_maps", "MapError"]
+
+
+class MapError(OSError):
+    """Writing the maps of a child failed."""
+
+
+class IdMapping:
+    """The maps chosen for this user, and why."""
+
+    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap")
+
+    def __init__(self, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...],
+                 reason: str, newuidmap: str = "", newgidmap: str = "") -> None:
+        self.mode = mode
+        self.uid_map = uid_map
+        self.gid_map = gid_map
+        self.reason = reason
+        self.newuidmap = newuidmap
+        self.newgidmap = newgidmap
+
+    def max_uid(self) -> int:
+        return max(m.container_id + m.size - 1 for m in self.uid_map)
+
+
+def read_subid_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
+    """Ranges (start, count) for ``user`` (by name or numeric id) in a subuid/subgid file."""
+    ranges: list[tuple[int, int]] = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ranges
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in (user, str(uid)):
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if count > 0:
+            ranges.append((start, count))
+    return ranges
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def detect_mapping(*, force_single: bool = False) -> IdMapping:
+    """Pick the maps for the calling user; ``SANDBOX_USERNS=single`` forces the one-id map."""
+    uid, gid = os.getuid(), os.getgid()
+    single = IdMapping("single", (IdMap(0, uid, 1),), (IdMap(0, gid, 1),), "")
+    if force_single or os.environ.get("SANDBOX_USERNS") == "single":
+        single.reason = "single-uid mode forced (SANDBOX_USERNS=single)"
+        return single
+    user = _user_name(uid)
+    sub_u = read_subid_ranges("/etc/subuid", user, uid)
+    sub_g = read_subid_ranges("/etc/subgid", user, uid)
+    newuidmap = shutil.which("newuidmap") or ""
+    newgidmap = shutil.which("newgidmap") or ""
+    if not sub_u or not sub_g:
+        missing = "/etc/subuid" if not sub_u else "/etc/subgid"
+        single.reason = (f"no range for {user} in {missing}: only uid {uid} is mapped "
+                         f"(to 0); add a range to /etc/subuid and /etc/subgid for more")
+        return single
+    if not newuidmap or not newgidmap:
+        single.reason = ("newuidmap/newgidmap not installed (package uidmap): only uid "
+                         f"{uid} is mapped")
+        return single
+    uid_map = [IdMap(0, uid, 1)]
+    nxt = 1
+    for start, count in sub_u:
+        uid_map.append(IdMap(nxt, start, count))
+        nxt += count
+    gid_map = [IdMap(0, gid, 1)]
+    nxt = 1
+    for start, count in sub_g:
+        gid_map.append(IdMap(nxt, start, count))
+        nxt += count
+    reason = (f"{user} has {sum(c for _, c in sub_u)} subordinate uids in /etc/subuid: "
+              "container 0 is you, 1.. are the range")
+    return IdMapping("subuid", tuple(uid_map), tuple(gid_map), reason, newuidmap, newgidmap)
+
+
+def _map_args(maps: tuple[IdMap, ...]) -> list[str]:
+    out: list[str] = []
+    for m in maps:
+        out += [str(m.container_id), str(m.host_id), str(m.size)]
+    return out
+
+
+def _map_text(maps: tuple[IdMap, ...]) -> bytes:
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
+
+
+def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...],
+               newuidmap: str = "newuidmap", newgidmap: str = "newgidmap") -> None:
+    """Write the maps of process ``pid`` (which has just unshared its user namespace)."""
+    if mode == "subuid":
+        procs = []
+        for tool, maps in ((newuidmap, uid_map), (newgidmap, gid_map)):
+            devnull = os.open(os.devnull, os.O_RDWR)
+            try:
+                procs.append((tool, os.posix_spawn(
+                    tool, [tool, str(pid), *_map_args(maps)], os.environ,
+                    file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                  (os.POSIX_SPAWN_DUP2, devnull, 1)])))
+            finally:
+                os.close(devnull)
+        for tool, child in procs:
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise MapError(1, f"{os.path.basename(tool)} {pid} failed with exit {code}")
+        return
+    base = f"/proc/{pid}/"
+    for name, data in (("setgroups", b"deny"), ("uid_map", _map_text(uid_map)),
+                       ("gid_map", _map_text(gid_map))):
+        fd = os.open(base + name, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        except OSError as exc:
+            raise MapError(exc.errno, f"writing {base}{name}: {exc.strerror}") from None
+        finally:
+            os.close(fd)

@@ -1,0 +1,504 @@
+"""The namespace half of a container: the helper, the plan executor and PID 1.
+
+Process tree of one container (P is the caller: the CLI, or a helper for threaded callers)::
+
+    P ──fork/spawn──> C  unshare(user) · P writes maps · unshare(pid, uts, ipc, net, cgroup)
+                      │  waits for G, cleans up, exits with G's status
+                      └─fork─> G  PID 1: unshare(mount), executes the plan, pivot_root,
+                               │  forwards signals, reaps zombies, exits with W's status
+                               └─fork─> W  drops to the user, caps, no_new_privs, exec
+
+``python -m sandbox.runtime.init FD`` runs C in a fresh single-threaded interpreter, with the
+spec JSON and the control socket inherited on fd ``FD`` (runc re-executing itself as
+``runc init``). The CLI, single-threaded, forks and calls ``container_main`` directly.
+
+Messages on the control socket (SOCK_SEQPACKET): C→P ``U`` (user ns made, write my maps),
+P→C ``M`` (maps written) or ``X`` (abort), C→P ``G<pid>`` (host pid of PID 1), G→P ``T`` with
+the pty master as SCM_RIGHTS, any→P ``E<json>`` (a setup error to report). P sees EOF when the
+command has been exec'd (the socket is close-on-exec) or everything died.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+from typing import NoReturn
+
+from sandbox import _syscalls as sc
+from sandbox._paths import resolve_in_root
+from sandbox.runtime.plan import MountOp, build_plan
+from sandbox.spec import ContainerSpec
+
+__all__ = ["container_main", "execute_plan", "FORWARDED_SIGNALS", "main"]
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+_CAPS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3,
+    "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_LINUX_IMMUTABLE": 9, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11,
+    "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27,
+    "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+# statvfs f_flag bits → mount flags that a bind remount must keep (locked in a user namespace).
+_ST_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
+             (1024, 1024), (2048, 2048), (4096, sc.MS_RELATIME))
+
+
+class SetupFailed(Exception):
+    """A setup step failed; carries what to report to the caller."""
+
+    def __init__(self, kind: str, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.send(data)
+    except OSError:
+        pass
+
+
+def report(sock: socket.socket, kind: str, message: str, code: int) -> None:
+    _send(sock, b"E" + json.dumps({"kind": kind, "message": message, "code": code}).encode())
+
+
+# -- plan execution ---------------------------------------------------------------------------
+
+def _target(op: MountOp, root: str) -> str:
+    return resolve_in_root(root, op.target) if op.in_root else op.target
+
+
+def _current_flags(path: str) -> int:
+    flags = 0
+    st = os.statvfs(path).f_flag
+    for st_bit, ms_bit in _ST_TO_MS:
+        if st & st_bit:
+            flags |= ms_bit
+    return flags
+
+
+def _remount_ro(path: str) -> None:
+    flags = _current_flags(path) | sc.MS_RDONLY
+    sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | flags)
+
+
+def _touch(path: str) -> None:
+    if not os.path.lexists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _bind(op: MountOp, target: str) -> None:
+    if os.path.isdir(op.source) and not os.path.islink(op.source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        _touch(target)
+    sc.mount(op.source, target, None, sc.MS_BIND | (op.flags & sc.MS_REC))
+
+
+def _mask(target: str) -> None:
+    if os.path.isdir(target):
+        sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, "size=0")
+    elif os.path.exists(target):
+        sc.mount("/dev/null", target, None, sc.MS_BIND)
+
+
+def _pivot_root(root: str) -> None:
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _do(op: MountOp, root: str) -> None:
+    kind = op.kind
+    if kind == "lo_up":
+        sc.loopback_up()
+    elif kind == "rslave":
+        sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
+    elif kind == "mount":
+        target = _target(op, root)
+        os.makedirs(target, exist_ok=True)
+        sc.mount(op.source, target, op.fstype, op.flags, op.data or None)
+    elif kind == "bind":
+        _bind(op, _target(op, root))
+    elif kind == "remount_ro":
+        _remount_ro(_target(op, root) if op.target != "/" else "/")
+    elif kind == "readonly":
+        target = _target(op, root)
+        if not os.path.exists(target):
+            return
+        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+        _remount_ro(target)
+    elif kind == "mkdir":
+        os.makedirs(_target(op, root), exist_ok=True)
+    elif kind == "touch":
+        _touch(_target(op, root))
+    elif kind == "symlink":
+        target = resolve_in_root(root, op.target, follow_last=False) if op.in_root else op.target
+        if not os.path.lexists(target):
+            os.symlink(op.source, target)
+    elif kind == "mask":
+        _mask(_target(op, root))
+    elif kind == "pivot_root":
+        _pivot_root(op.target)
+    elif kind == "hostname":
+        socket.sethostname(op.target)
+    else:
+        raise ValueError(f"unknown setup step {kind!r}")
+
+
+def execute_plan(ops: list[MountOp], root: str) -> None:
+    """Run each step; an optional one that fails with ENOENT/EPERM/EACCES is skipped."""
+    for op in ops:
+        try:
+            _do(op, root)
+        except OSError as exc:
+            if op.optional and exc.errno in (errno.ENOENT, errno.EPERM, errno.EACCES,
+                                             errno.EINVAL, errno.ENOTDIR):
+                continue
+            what = op.kind if op.kind != "mount" else f"mount {op.fstype or op.source}"
+            where = op.target if op.in_root or op.kind in ("pivot_root", "hostname") else \
+                getattr(exc, "filename", None) or op.target
+            hint = _setup_hint(op, exc)
+            raise SetupFailed("RuntimeSetupError",
+                              f"{what} {where}: {os.strerror(exc.errno or 0)}"
+                              + (f" ({hint})" if hint else "")) from None
+
+
+def _setup_hint(op: MountOp, exc: OSError) -> str:
+    if op.fstype == "overlay" and exc.errno in (errno.EPERM, errno.EINVAL, errno.ENODEV):
+        return ("kernel overlayfs is not usable in a user namespace here; "
+                "try --storage-driver fuse or copy")
+    if op.fstype == "proc" and exc.errno == errno.EPERM:
+        return "the host's /proc is partly hidden (nested container?)"
+    return ""
+
+
+# -- the user and the command -----------------------------------------------------------------
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [ln.split(":") for ln in f.read().splitlines() if ln and not ln.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_user(user: str) -> tuple[int, int, list[int], str, str]:
+    """(uid, gid, supplementary gids, home, name) for ``-u``, read from the container's files."""
+    name_part, _, group_part = user.partition(":")
+    passwd = _read_db("/etc/passwd")
+    entry = None
+    if not name_part:
+        name_part = "0"
+    for row in passwd:
+        if len(row) >= 7 and (row[0] == name_part or row[2] == name_part):
+            entry = row
+            break
+    if entry is None:
+        if not name_part.isdigit():
+            raise SetupFailed("SpecError", f"unable to find user {name_part}: no matching "
+                                           "entries in passwd file")
+        uid, gid, home, name = int(name_part), 0, "/", ""
+    else:
+        uid, gid, home, name = int(entry[2]), int(entry[3]), entry[5] or "/", entry[0]
+    groups_db = _read_db("/etc/group")
+    if group_part:
+        for row in groups_db:
+            if len(row) >= 3 and (row[0] == group_part or row[2] == group_part):
+                gid = int(row[2])
+                break
+        else:
+            if not group_part.isdigit():
+                raise SetupFailed("SpecError", f"unable to find group {group_part}: no matching "
+                                               "entries in group file")
+            gid = int(group_part)
+    extra = [gid]
+    if name and not group_part:
+        for row in groups_db:
+            if len(row) >= 4 and name in row[3].split(",") and row[2].isdigit():
+                if int(row[2]) not in extra:
+                    extra.append(int(row[2]))
+    return uid, gid, extra, home, name
+
+
+def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
+    uid, gid, groups, home, _ = resolve_user(spec.user)
+    caps = frozenset(_CAPS[c] for c in spec.caps if c in _CAPS)
+    sc.drop_bounding_caps(caps)
+    try:
+        os.setgroups(groups)
+    except OSError:
+        pass  # single-uid mode: setgroups is denied, as documented
+    try:
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise SetupFailed("SpecError", f"user {uid}:{gid} is not mapped in this container "
+                              "(single-uid mode maps only 0; add ranges to /etc/subuid and "
+                              "/etc/subgid)") from None
+        raise
+    if uid == 0:
+        sc.set_caps(caps, caps, frozenset())
+    sc.set_no_new_privs()
+    return {"HOME": home}
+
+
+def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
+    for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    os.setsid()
+    if slave_fd >= 0:
+        import fcntl
+        import termios
+
+        fcntl.ioctl(slave_fd, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave_fd, fd)
+        os.close(slave_fd)
+    elif not spec.interactive:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    workdir = spec.workdir or "/"
+    os.makedirs(workdir, exist_ok=True)
+    defaults = _drop_privileges(spec)
+    env: dict[str, str] = {}
+    for item in spec.env:
+        k, _, v = item.partition("=")
+        env[k] = v
+    for k, v in defaults.items():
+        env.setdefault(k, v)
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if spec.hostname:
+        env.setdefault("HOSTNAME", spec.hostname)
+    if spec.tty:
+        env.setdefault("TERM", "xterm")
+    os.umask(0o022)
+    try:
+        os.chdir(workdir)
+    except OSError as exc:
+        raise SetupFailed("SpecError", f"cannot enter working directory {workdir}: "
+                          f"{exc.strerror}", 126) from None
+    argv = list(spec.argv)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        if "/" in argv[0]:
+            msg = f'exec: "{argv[0]}": stat {argv[0]}: no such file or directory'
+        else:
+            msg = f'exec: "{argv[0]}": executable file not found in $PATH'
+        raise SetupFailed("CommandNotFound", msg, 127) from None
+    except PermissionError:
+        raise SetupFailed("CommandNotExecutable", f'exec: "{argv[0]}": permission denied',
+                          126) from None
+    except OSError as exc:
+        raise SetupFailed("CommandNotExecutable", f'exec: "{argv[0]}": {exc.strerror}',
+                          126) from None
+
+
+# -- PID 1 ------------------------------------------------------------------------------------
+
+def _init_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
+    """G: PID 1 of the container."""
+    code = 125
+    try:
+        sc.set_pdeathsig(signal.SIGKILL)
+        sc.unshare(sc.CLONE_NEWNS)
+        execute_plan(build_plan(spec), spec.rootfs.mountpoint)
+        slave = -1
+        if spec.tty:
+            master, slave = os.openpty()
+            socket.send_fds(sock, [b"T"], [master])
+            os.close(master)
+        child = os.fork()
+        if child == 0:
+            try:
+                _exec_command(spec, slave)
+            except SetupFailed as exc:
+                report(sock, exc.kind, exc.message, exc.code)
+                os._exit(exc.code)
+            except BaseException as exc:  # noqa: BLE001 - report anything, never a traceback
+                report(sock, "SandboxError", f"container setup: {exc}", 125)
+                os._exit(125)
+        if slave >= 0:
+            os.close(slave)
+        sock.close()
+        code = _reap_until(child)
+    except SetupFailed as exc:
+        report(sock, exc.kind, exc.message, exc.code)
+        code = exc.code
+    except BaseException as exc:  # noqa: BLE001
+        report(sock, "SandboxError", f"container setup: {exc}", 125)
+        code = 125
+    os._exit(code)
+
+
+def _reap_until(main_pid: int) -> int:
+    """Forward signals to ``main_pid``, reap every child; return its Docker-style status."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(main_pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 125
+        if pid == main_pid:
+            return _docker_status(status)
+
+
+def _docker_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# -- C: the namespace holder ------------------------------------------------------------------
+
+def _recv_exact(sock: socket.socket, want: bytes) -> None:
+    data = sock.recv(64)
+    if data != want:
+        raise SetupFailed("UserNamespaceUnavailable",
+                          "the caller could not write the uid/gid maps", 125)
+
+
+def container_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
+    """C: create the namespaces, start PID 1, wait for it, clean up. Never returns."""
+    code = 125
+    parent = os.getppid()
+    try:
+        sc.set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(125)
+        os.setsid()
+        try:
+            sc.unshare(sc.CLONE_NEWUSER)
+        except OSError as exc:
+            raise SetupFailed("UserNamespaceUnavailable", userns_failure_message(exc.errno or 0))
+        _send(sock, b"U")
+        _recv_exact(sock, b"M")
+        flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+        if spec.network != "host":
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        gpid = _start_init(spec, sock, parent)
+        code = _wait_init(gpid, parent)
+    except SetupFailed as exc:
+        report(sock, exc.kind, exc.message, exc.code)
+        code = exc.code
+    except BaseException as exc:  # noqa: BLE001
+        report(sock, "SandboxError", f"container setup: {exc}", 125)
+        code = 125
+    _cleanup(spec)
+    os._exit(code)
+
+
+def _start_init(spec: ContainerSpec, sock: socket.socket, parent: int) -> int:
+    gpid = os.fork()
+    if gpid == 0:
+        _init_main(spec, sock)
+    _send(sock, b"G" + str(gpid).encode())
+    sock.close()
+    return gpid
+
+
+def _wait_init(gpid: int, parent: int) -> int:
+    def forward(signum: int, _frame: object) -> None:
+        sig = signum
+        if signum == signal.SIGTERM and os.getppid() != parent:
+            sig = signal.SIGKILL  # our caller died: take the container down with it
+        try:
+            os.kill(gpid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(gpid, 0)
+        except ChildProcessError:
+            return 125
+        if pid == gpid:
+            return _docker_status(status)
+
+
+def _cleanup(spec: ContainerSpec) -> None:
+    """Remove the container's writable layer when it is ``--rm`` (inside the user namespace,
+    where the range's uids are ours)."""
+    if not spec.remove or not spec.container_dir or not spec.store_root:
+        return
+    from sandbox.store import rm_rf
+
+    try:
+        rm_rf(spec.container_dir, under=spec.store_root)
+    except OSError:
+        pass
+
+
+def userns_failure_message(err: int) -> str:
+    """Name the cause of a refused ``unshare(CLONE_NEWUSER)`` and the fix."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    if read("/proc/sys/user/max_user_namespaces") == "0":
+        return ("user namespaces are disabled (user.max_user_namespaces=0): "
+                "run `sudo sysctl -w user.max_user_namespaces=15000`")
+    if read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return ("unprivileged user namespaces are disabled "
+                "(kernel.unprivileged_userns_clone=0): run "
+                "`sudo sysctl -w kernel.unprivileged_userns_clone=1`")
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return ("AppArmor restricts unprivileged user namespaces "
+                "(kernel.apparmor_restrict_unprivileged_userns=1): run `sudo sysctl -w "
+                "kernel.apparmor_restrict_unprivileged_userns=0` or add an AppArmor profile "
+                "with `userns,` for this interpreter")
+    if err == errno.EINVAL:
+        return "cannot create a user namespace from a multi-threaded process"
+    if err == errno.ENOSPC:
+        return ("the limit of user namespaces is reached (user.max_user_namespaces): "
+                "raise it with sysctl")
+    return f"cannot create a user namespace: {os.strerror(err)}"
+
+
+def main() -> NoReturn:
+    """``python -m sandbox.runtime.init FD``: C in a fresh interpreter (threaded callers)."""
+    from sandbox.spec import spec_from_json
+
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # closed by the command's exec: the caller's EOF means "started"
+    container_main(spec_from_json(sock.recv(1 << 22)), sock)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The caller's side of a container: start C, write its maps, relay, wait.
+
+A single-threaded caller (the CLI) forks C directly: the cheapest start. A caller that may have
+threads (pytest, a monitor) spawns ``python -m sandbox.runtime.init`` instead (DESIGN decision 1):
+``unshare(CLONE_NEWUSER)`` is EINVAL in a multi-threaded process, and forking one is fragile.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from sandbox import errors
+from sandbox.runtime.idmap import IdMapping, MapError, write_maps
+from sandbox.runtime.init import FORWARDED_SIGNALS, container_main
+from sandbox.spec import ContainerSpec, spec_to_json
+
+__all__ = ["Started", "start", "wait", "run"]
+
+
+class Started:
+    """A container whose command has been exec'd (or whose setup failed)."""
+
+    __slots__ = ("pid", "init_pid", "master_fd", "error")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid            # C, our child
+        self.init_pid = 0         # G, the container's PID 1, as the host sees it
+        self.master_fd = -1       # the pty master with -t
+        self.error: errors.SandboxError | None = None
+
+
+def _must_spawn() -> bool:
+    return threading.active_count() > 1 or os.environ.get("SANDBOX_SPAWN_HELPER") == "1"
+
+
+def _error_from(payload: bytes) -> errors.SandboxError:
+    import json
+
+    try:
+        data: dict[str, Any] = json.loads(payload)
+        cls = getattr(errors, str(data.get("kind")), errors.SandboxError)
+        if not (isinstance(cls, type) and issubclass(cls, errors.SandboxError)):
+            cls = errors.SandboxError
+        if cls is errors.RuntimeSetupError or cls is errors.InvalidStateTransition:
+            cls = errors.SandboxError
+        err = cls(str(data.get("message", "container setup failed")))
+        err.exit_code = int(data.get("code", cls.exit_code))
+        return err
+    except (ValueError, TypeError):
+        return errors.SandboxError("container setup failed")
+
+
+def start(spec: ContainerSpec, mapping: IdMapping) -> Started:
+    """Start the container; returns once its command is exec'd or its setup has failed."""
+    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if _must_spawn():
+        csock.set_inheritable(True)
+        pid = os.posix_spawn(sys.executable,
+                             [sys.executable, "-m", "sandbox.runtime.init", str(csock.fileno())],
+                             os.environ)
+        psock.send(spec_to_json(spec).encode())
+    else:
+        pid = os.fork()
+        if pid == 0:
+            psock.close()
+            container_main(spec, csock)
+    csock.close()
+    started = Started(pid)
+    try:
+        _handshake(psock, started, mapping)
+    finally:
+        psock.close()
+    return started
+
+
+def _handshake(sock: socket.socket, started: Started, mapping: IdMapping) -> None:
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+        if not msg:
+            return
+        tag, payload = msg[:1], msg[1:]
+        if tag == b"U":
+            try:
+                write_maps(started.pid, mapping.mode, mapping.uid_map, mapping.gid_map,
+                           mapping.newuidmap, mapping.newgidmap)
+            except MapError as exc:
+                started.error = errors.UserNamespaceUnavailable(
+                    f"cannot write the uid/gid maps: {exc.strerror}",
+                    hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root")
+                sock.send(b"X")
+                return
+            sock.send(b"M")
+        elif tag == b"G":
+            started.init_pid = int(payload)
+        elif tag == b"T" and fds:
+            started.master_fd = fds[0]
+        elif tag == b"E":
+            started.error = _error_from(payload)
+        for fd in fds[1:]:
+            os.close(fd)
+
+
+def wait(started: Started, *, proxy_tty: bool = False) -> int:
+    """Wait for C, forwarding our signals to the container; returns its exit status."""
+    pid = started.pid
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS
+                if sig != signal.SIGWINCH or started.master_fd < 0}
+    try:
+        if started.master_fd >= 0 and proxy_tty:
+            _proxy_pty(started.master_fd)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                return 125
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.waitstatus_to_exitcode(status)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if started.master_fd >= 0:
+            os.close(started.master_fd)
+            started.master_fd = -1
+
+
+def _copy_winsize(src: int, dst: int) -> None:
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _proxy_pty(master: int) -> None:
+    """Relay our terminal and the container's pty until the pty closes (``docker run -t``)."""
+    import termios
+    import tty
+
+    stdin_tty = os.isatty(0)
+    saved = termios.tcgetattr(0) if stdin_tty else None
+    if stdin_tty:
+        _copy_winsize(0, master)
+        signal.signal(signal.SIGWINCH, lambda *_: _copy_winsize(0, master))
+        tty.setraw(0)
+    try:
+        watch = [master, 0]
+        while True:
+            try:
+                ready, _, _ = select.select(watch, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError as exc:
+                    if exc.errno == errno.EIO:
+                        return
+                    raise
+                if not data:
+                    return
+                os.write(1, data)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if not data:
+                    watch.remove(0)
+                else:
+                    os.write(master, data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def run(spec: ContainerSpec, mapping: IdMapping) -> int:
+    """Start, relay and wait: a foreground ``sandbox run``. Raises the setup error, if any."""
+    started = start(spec, mapping)
+    code = wait(started, proxy_tty=spec.tty)
+    if started.error is not None:
+        raise started.error
+    return code

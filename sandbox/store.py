@@ -1,0 +1,346 @@
+"""The on-disk store: the single owner of every path under ``$SANDBOX_ROOT``.
+
+Layout (see DESIGN.md "On disk")::
+
+    $SANDBOX_ROOT/
+      version, oci-layout, index.json, blobs/sha256/<hex>   content store (an OCI image layout)
+      layers/<chain-hex>/{diff/, meta.json}                 unpacked layers, shared
+      containers/<id>/...                                   one directory per container
+      volumes/<name>/
+      tmp/                                                  staging; renamed into place
+      locks/<name>.lock                                     flock(2) files
+
+Every write goes to ``tmp/`` first and is renamed into place; processes coordinate with ``flock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+from sandbox.errors import DigestMismatch, StoreError
+
+__all__ = ["Store", "default_root", "rm_rf", "STORE_VERSION"]
+
+STORE_VERSION = "1"
+_CHUNK = 1 << 20
+
+
+def default_root() -> str:
+    """``$SANDBOX_ROOT``, else ``$XDG_DATA_HOME/sandbox``, else ``~/.local/share/sandbox``."""
+    root = os.environ.get("SANDBOX_ROOT")
+    if root:
+        return os.path.abspath(root)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(data, "sandbox")
+
+
+def _hex(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"invalid digest {digest!r}", hint="expected sha256:<64 hex digits>")
+    return hexpart
+
+
+def _on_rm_error(func: Any, path: str, exc: Any) -> None:
+    """Make the parent writable and retry once (pytest's ``rm_rf`` approach)."""
+    if isinstance(exc, tuple):  # onerror's exc_info (Python 3.11)
+        exc = exc[1]
+    if isinstance(exc, FileNotFoundError):
+        return
+    parent = os.path.dirname(path)
+    with contextlib.suppress(OSError):
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
+    with contextlib.suppress(OSError):
+        if not os.path.islink(path):
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o700)
+    if func in (os.rmdir, os.unlink, os.remove) or getattr(func, "__name__", "") in ("rmdir",
+                                                                                     "unlink"):
+        with contextlib.suppress(FileNotFoundError):
+            func(path)
+    elif func in (os.open, os.scandir, os.listdir) or getattr(func, "__name__", "") in (
+            "open", "scandir", "listdir"):
+        _rmtree(path)
+
+
+def _rmtree(path: str) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_on_rm_error)
+    else:
+        shutil.rmtree(path, onerror=_on_rm_error)
+
+
+def rm_rf(path: str, *, under: str) -> None:
+    """Remove ``path`` recursively, chmod-and-retry; refuses anything not below ``under``."""
+    real_under = os.path.realpath(under)
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    if os.path.commonpath([real_under, real]) != real_under or real == real_under:
+        raise StoreError(f"refusing to remove {path}: not under {under}")
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        _rmtree(real)
+    else:
+        os.unlink(real)
+
+
+class Store:
+    """Paths, locks and atomic writes under one store root."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = os.path.abspath(os.fspath(root)) if root is not None else default_root()
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # -- layout -------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def tmp_dir(self) -> str:
+        return self.path("tmp")
+
+    def blob_path(self, digest: str) -> str:
+        return self.path("blobs", "sha256", _hex(digest))
+
+    def layer_dir(self, chain_id: str) -> str:
+        return self.path("layers", _hex(chain_id))
+
+    def layer_diff(self, chain_id: str) -> str:
+        return os.path.join(self.layer_dir(chain_id), "diff")
+
+    def containers_dir(self) -> str:
+        return self.path("containers")
+
+    def container_dir(self, container_id: str) -> str:
+        if not container_id or "/" in container_id or container_id.startswith("."):
+            raise StoreError(f"invalid container id {container_id!r}")
+        return self.path("containers", container_id)
+
+    def volume_dir(self, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise StoreError(f"invalid volume name {name!r}")
+        return self.path("volumes", name)
+
+    def ensure(self) -> Store:
+        """Create the layout (idempotent) and check the store version."""
+        if self._ready:
+            return self
+        try:
+            version_file = self.path("version")
+            try:
+                with open(version_file) as f:
+                    version = f.read().strip()
+            except FileNotFoundError:
+                version = None
+            if version is not None and version != STORE_VERSION:
+                raise StoreError(f"store {self.root} has version {version}, this sandbox "
+                                 f"reads version {STORE_VERSION}",
+                                 hint="use another --root or upgrade sandbox")
+            for sub in ("blobs/sha256", "layers", "containers", "volumes", "tmp", "locks"):
+                os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
+            if version is None:
+                self.atomic_write(self.path("oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
+                if not os.path.exists(self.path("index.json")):
+                    self.atomic_write(self.path("index.json"),
+                                      b'{"schemaVersion":2,"manifests":[]}')
+                self.atomic_write(version_file, STORE_VERSION.encode() + b"\n")
+        except PermissionError as exc:
+            raise StoreError(f"cannot use store {self.root}: {exc.strerror}",
+                             hint="pass --root or set SANDBOX_ROOT to a directory you own") from None
+        self._ready = True
+        return self
+
+    # -- locks --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, name: str = "store", *, shared: bool = False) -> Iterator[None]:
+        """An ``flock`` on ``locks/<name>.lock``; blocks until it is ours."""
+        self.ensure()
+        fd = os.open(self.path("locks", name.replace("/", "_") + ".lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- atomic writes ------------------------------------------------------------------------
+    def mkstemp(self, suffix: str = "") -> tuple[int, str]:
+        self.ensure()
+        return tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
+
+    def mkdtemp(self, suffix: str = "") -> str:
+        self.ensure()
+        return tempfile.mkdtemp(dir=self.tmp_dir, suffix=suffix)
+
+    def atomic_write(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write ``data`` to ``path`` through a temp file in the same directory and rename."""
+        directory = os.path.dirname(path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    @staticmethod
+    def read_json(path: str) -> Any:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+
+    def rm_rf(self, path: str) -> None:
+        rm_rf(path, under=self.root)
+
+    # -- blobs --------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def read_blob(self, digest: str) -> bytes:
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store",
+                             hint="pull the image again") from None
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return open(self.blob_path(digest), "rb")
+
+    def blob_size(self, digest: str) -> int:
+        return os.stat(self.blob_path(digest)).st_size
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes as a blob; returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            self.ingest_blob(digest, [data], size=len(data))
+        return digest
+
+    def ingest_blob(self, digest: str, chunks: Iterable[bytes], *, size: int | None = None) -> None:
+        """Stream ``chunks`` to a temp file, verifying size and digest, then rename into place.
+
+        Safe to call concurrently for one digest: whichever rename lands last wins with the same
+        content; a reader never sees a partial blob.
+        """
+        target = self.blob_path(digest)
+        fd, tmp = self.mkstemp(suffix=".blob")
+        h = hashlib.sha256()
+        written = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    h.update(chunk)
+                    written += len(chunk)
+                    if size is not None and written > size:
+                        raise DigestMismatch(f"blob {digest} is larger than the {size} bytes "
+                                             "announced")
+                    f.write(chunk)
+            if size is not None and written != size:
+                raise DigestMismatch(f"blob {digest} is truncated: got {written} of {size} bytes")
+            actual = "sha256:" + h.hexdigest()
+            if actual != digest:
+                raise DigestMismatch(f"blob content hashes to {actual}, expected {digest}")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(f"no space left on the device of {self.root} while writing "
+                                 f"{digest}", hint="free some space, then retry") from None
+            raise
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def ingest_file(self, src: BinaryIO) -> tuple[str, int]:
+        """Copy an already-open stream into the store; returns (digest, size)."""
+        fd, tmp = self.mkstemp(suffix=".blob")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+            digest = "sha256:" + h.hexdigest()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.blob_path(digest))
+            return digest, size
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def iter_blobs(self) -> Iterator[str]:
+        try:
+            names = os.listdir(self.path("blobs", "sha256"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if len(name) == 64:
+                yield "sha256:" + name
+
+    # -- index.json ---------------------------------------------------------------------------
+    def load_index(self) -> dict[str, Any]:
+        try:
+            index: dict[str, Any] = self.read_json(self.path("index.json"))
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "manifests": []}
+        except ValueError:
+            raise StoreError(f"{self.path('index.json')} is not valid JSON",
+                             hint="restore it or remove the store") from None
+        index.setdefault("manifests", [])
+        return index
+
+    def save_index(self, index: dict[str, Any]) -> None:
+        """Write index.json atomically; callers hold ``lock("index")``."""
+        self.ensure()
+        self.write_json(self.path("index.json"), index)
+
+    # -- layers -------------------------------------------------------------------------------
+    def has_layer(self, chain_id: str) -> bool:
+        return os.path.exists(os.path.join(self.layer_dir(chain_id), "meta.json"))
+
+    def iter_layers(self) -> Iterator[str]:
+        try:
+            names = os.listdir(self.path("layers"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if len(name) == 64:
+                yield "sha256:" + name
+
+    def iter_containers(self) -> Iterator[str]:
+        try:
+            names = sorted(os.listdir(self.containers_dir()))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if len(name) == 64 and os.path.exists(os.path.join(self.containers_dir(), name,
+                                                               "config.json")):
+                yield name
