@@ -355,6 +355,7 @@ def _unpack_layers(root: str, todo: list[tuple[str, str, str | None]]) -> None:
                 continue
             tmp = store.mkdtemp(suffix=".layer")
             try:
+                os.mkdir(os.path.join(tmp, "diff"), 0o755)
                 with store.open_blob(digest) as f:
                     stats = layers.unpack_layer(f, os.path.join(tmp, "diff"), owners=owners)
                 _finish_layer(store, tmp, chain_id, chain_id, parent, stats)
@@ -371,6 +372,7 @@ def _import_layer(root: str, src: str) -> tuple[str, str, int, str]:
     fd, blob_tmp = store.mkstemp(suffix=".blob")
     try:
         diff = os.path.join(tmp, "diff")
+        os.mkdir(diff, 0o755)
         stats = layers.import_rootfs(src, diff, owners=_owner_policy())
         with os.fdopen(fd, "wb") as out:
             digests = layers.write_layer(diff, out, compression="gzip")
