@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from sandbox import _syscalls as sc
@@ -318,7 +319,26 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
 
 # -- PID 1 ------------------------------------------------------------------------------------
 
-def _init_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
+Payload = Callable[[], bytes]
+
+
+def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoReturn:
+    """W for ``run_callable``: call ``payload`` in the container and write its bytes out."""
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.chdir(spec.workdir or "/")
+    except OSError:
+        os.chdir("/")
+    data = payload()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(result_fd, view):]
+    os._exit(0)
+
+
+def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None = None,
+               result_fd: int = -1) -> NoReturn:
     """G: PID 1 of the container."""
     code = 125
     try:
@@ -333,6 +353,9 @@ def _init_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
         child = os.fork()
         if child == 0:
             try:
+                if payload is not None:
+                    sock.close()
+                    _run_payload(spec, payload, result_fd)
                 _exec_command(spec, slave)
             except SetupFailed as exc:
                 report(sock, exc.kind, exc.message, exc.code)
@@ -387,8 +410,12 @@ def _recv_exact(sock: socket.socket, want: bytes) -> None:
                           "the caller could not write the uid/gid maps", 125)
 
 
-def container_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
-    """C: create the namespaces, start PID 1, wait for it, clean up. Never returns."""
+def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None = None,
+                   result_fd: int = -1) -> NoReturn:
+    """C: create the namespaces, start PID 1, wait for it, clean up. Never returns.
+
+    With ``payload`` (``run_callable``), PID 1's child calls it instead of exec'ing a command.
+    """
     code = 125
     parent = os.getppid()
     try:
@@ -406,7 +433,7 @@ def container_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
         if spec.network != "host":
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
-        gpid = _start_init(spec, sock, parent)
+        gpid = _start_init(spec, sock, payload, result_fd)
         code = _wait_init(gpid, parent)
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
@@ -418,10 +445,13 @@ def container_main(spec: ContainerSpec, sock: socket.socket) -> NoReturn:
     os._exit(code)
 
 
-def _start_init(spec: ContainerSpec, sock: socket.socket, parent: int) -> int:
+def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | None,
+                result_fd: int) -> int:
     gpid = os.fork()
     if gpid == 0:
-        _init_main(spec, sock)
+        _init_main(spec, sock, payload, result_fd)
+    if result_fd >= 0:
+        os.close(result_fd)
     _send(sock, b"G" + str(gpid).encode())
     sock.close()
     return gpid

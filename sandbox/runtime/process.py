@@ -14,6 +14,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from sandbox import errors
@@ -21,7 +23,7 @@ from sandbox.runtime.idmap import IdMapping, MapError, write_maps
 from sandbox.runtime.init import FORWARDED_SIGNALS, container_main
 from sandbox.spec import ContainerSpec, spec_to_json
 
-__all__ = ["Started", "start", "wait", "run"]
+__all__ = ["Started", "start", "wait", "run", "run_callable"]
 
 
 class Started:
@@ -187,6 +189,58 @@ def _proxy_pty(master: int) -> None:
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], bytes], *,
+                 timeout: float | None = None) -> tuple[int, bytes]:
+    """Fork this process into a fresh container and call ``payload`` there (pytest's
+    ``isolate=True``); returns (Docker-style status, the bytes ``payload`` returned).
+
+    The one place a possibly threaded caller forks (STYLE 3): the child is single-threaded,
+    unshares at once and touches no lock the parent's threads may hold. On ``timeout`` the whole
+    container is killed and the status is 137.
+    """
+    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        psock.close()
+        os.close(result_r)
+        container_main(spec, csock, payload, result_w)
+    csock.close()
+    os.close(result_w)
+    started = Started(pid)
+    try:
+        _handshake(psock, started, mapping)
+    finally:
+        psock.close()
+    chunks: list[bytes] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            wait_for = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([result_r], [], [], wait_for)
+            if not ready:
+                for target in (started.init_pid, pid):
+                    if target:
+                        try:
+                            os.kill(target, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                os.waitpid(pid, 0)
+                return 137, b""
+            chunk = os.read(result_r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(result_r)
+    _, status = os.waitpid(pid, 0)
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
+        status)
+    if started.error is not None:
+        raise started.error
+    return code, b"".join(chunks)
 
 
 def run(spec: ContainerSpec, mapping: IdMapping) -> int:
