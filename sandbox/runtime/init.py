@@ -21,11 +21,13 @@ command has been exec'd (the socket is close-on-exec) or everything died.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
 import socket
 import sys
+import termios
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -56,6 +58,42 @@ _CAPS = {
 # statvfs f_flag bits → mount flags that a bind remount must keep (locked in a user namespace).
 _ST_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
              (1024, 1024), (2048, 2048), (4096, sc.MS_RELATIME))
+
+
+class Forwarder:
+    """Forwards our signals to one process; signals that arrive before it exists wait.
+
+    Installed before the fork that creates the target, so no signal is lost in between (a
+    signal to ``sandbox run`` right after the command printed its first line must arrive).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = FORWARDED_SIGNALS) -> None:
+        self.target = 0
+        self.pending: list[int] = []
+        self.on_parent_death = 0  # when set: SIGTERM with a dead parent becomes this signal
+        self.parent = os.getppid()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.on_parent_death and signum == signal.SIGTERM and os.getppid() != self.parent:
+            signum = self.on_parent_death
+        if not self.target:
+            self.pending.append(signum)
+            return
+        try:
+            os.kill(self.target, signum)
+        except ProcessLookupError:
+            pass
+
+    def set_target(self, pid: int) -> None:
+        self.target = pid
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self._handle(signum, None)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class SetupFailed(Exception):
@@ -269,9 +307,6 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     os.setsid()
     if slave_fd >= 0:
-        import fcntl
-        import termios
-
         fcntl.ioctl(slave_fd, termios.TIOCSCTTY, 0)
         for fd in (0, 1, 2):
             os.dup2(slave_fd, fd)
@@ -350,8 +385,10 @@ def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None
             master, slave = os.openpty()
             socket.send_fds(sock, [b"T"], [master])
             os.close(master)
+        forwarder = Forwarder()
         child = os.fork()
         if child == 0:
+            forwarder.restore()
             try:
                 if payload is not None:
                     sock.close()
@@ -366,6 +403,7 @@ def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None
         if slave >= 0:
             os.close(slave)
         sock.close()
+        forwarder.set_target(child)
         code = _reap_until(child)
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
@@ -377,15 +415,7 @@ def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None
 
 
 def _reap_until(main_pid: int) -> int:
-    """Forward signals to ``main_pid``, reap every child; return its Docker-style status."""
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(main_pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+    """Reap every child until ``main_pid`` exits; return its Docker-style status."""
     while True:
         try:
             pid, status = os.wait()
@@ -433,8 +463,11 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
         if spec.network != "host":
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
-        gpid = _start_init(spec, sock, payload, result_fd)
-        code = _wait_init(gpid, parent)
+        forwarder = Forwarder()
+        forwarder.on_parent_death = signal.SIGKILL  # our caller died: take the container down
+        gpid = _start_init(spec, sock, payload, result_fd, forwarder)
+        forwarder.set_target(gpid)
+        code = _wait_init(gpid)
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
         code = exc.code
@@ -446,9 +479,10 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
 
 
 def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | None,
-                result_fd: int) -> int:
+                result_fd: int, forwarder: Forwarder) -> int:
     gpid = os.fork()
     if gpid == 0:
+        forwarder.restore()
         _init_main(spec, sock, payload, result_fd)
     if result_fd >= 0:
         os.close(result_fd)
@@ -457,18 +491,7 @@ def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | Non
     return gpid
 
 
-def _wait_init(gpid: int, parent: int) -> int:
-    def forward(signum: int, _frame: object) -> None:
-        sig = signum
-        if signum == signal.SIGTERM and os.getppid() != parent:
-            sig = signal.SIGKILL  # our caller died: take the container down with it
-        try:
-            os.kill(gpid, sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+def _wait_init(gpid: int) -> int:
     while True:
         try:
             pid, status = os.waitpid(gpid, 0)

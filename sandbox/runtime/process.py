@@ -20,7 +20,7 @@ from typing import Any
 
 from sandbox import errors
 from sandbox.runtime.idmap import IdMapping, MapError, write_maps
-from sandbox.runtime.init import FORWARDED_SIGNALS, container_main
+from sandbox.runtime.init import Forwarder, container_main
 from sandbox.spec import ContainerSpec, spec_to_json
 
 __all__ = ["Started", "start", "wait", "run", "run_callable"]
@@ -59,8 +59,13 @@ def _error_from(payload: bytes) -> errors.SandboxError:
         return errors.SandboxError("container setup failed")
 
 
-def start(spec: ContainerSpec, mapping: IdMapping) -> Started:
-    """Start the container; returns once its command is exec'd or its setup has failed."""
+def start(spec: ContainerSpec, mapping: IdMapping,
+          forwarder: Forwarder | None = None) -> Started:
+    """Start the container; returns once its command is exec'd or its setup has failed.
+
+    With ``forwarder`` (installed by the caller before this call), our signals go to the
+    container from the moment it exists.
+    """
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if _must_spawn():
         csock.set_inheritable(True)
@@ -71,8 +76,12 @@ def start(spec: ContainerSpec, mapping: IdMapping) -> Started:
     else:
         pid = os.fork()
         if pid == 0:
+            if forwarder is not None:
+                forwarder.restore()
             psock.close()
             container_main(spec, csock)
+    if forwarder is not None:
+        forwarder.set_target(pid)
     csock.close()
     started = Started(pid)
     try:
@@ -109,18 +118,13 @@ def _handshake(sock: socket.socket, started: Started, mapping: IdMapping) -> Non
             os.close(fd)
 
 
-def wait(started: Started, *, proxy_tty: bool = False) -> int:
+def wait(started: Started, *, proxy_tty: bool = False,
+         forwarder: Forwarder | None = None) -> int:
     """Wait for C, forwarding our signals to the container; returns its exit status."""
     pid = started.pid
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS
-                if sig != signal.SIGWINCH or started.master_fd < 0}
+    if forwarder is None:
+        forwarder = Forwarder()
+        forwarder.set_target(pid)
     try:
         if started.master_fd >= 0 and proxy_tty:
             _proxy_pty(started.master_fd)
@@ -134,8 +138,7 @@ def wait(started: Started, *, proxy_tty: bool = False) -> int:
             return 128 + os.WTERMSIG(status)
         return os.waitstatus_to_exitcode(status)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        forwarder.restore()
         if started.master_fd >= 0:
             os.close(started.master_fd)
             started.master_fd = -1
@@ -245,8 +248,9 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
 
 def run(spec: ContainerSpec, mapping: IdMapping) -> int:
     """Start, relay and wait: a foreground ``sandbox run``. Raises the setup error, if any."""
-    started = start(spec, mapping)
-    code = wait(started, proxy_tty=spec.tty)
+    forwarder = Forwarder()
+    started = start(spec, mapping, forwarder)
+    code = wait(started, proxy_tty=spec.tty, forwarder=forwarder)
     if started.error is not None:
         raise started.error
     return code

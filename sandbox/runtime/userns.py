@@ -19,7 +19,7 @@ from sandbox import _syscalls as sc
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
 from sandbox.runtime.idmap import IdMapping, detect_mapping, write_maps
 
-__all__ = ["run_in_userns"]
+__all__ = ["run_in_userns", "chown_tree"]
 
 T = TypeVar("T")
 
@@ -111,6 +111,14 @@ def _spawned(func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, An
                            + (proc.stderr.decode(errors="replace").strip().splitlines()
                               or ["no output"])[-1])
     return _unpack(proc.stdout)  # type: ignore[no-any-return]
+
+
+def chown_tree(path: str, uid: int, gid: int) -> None:
+    """``chown -hR uid:gid path`` (meant to run inside the user namespace)."""
+    os.lchown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""Shared fixtures and capability probes for the whole suite.
+
+Capabilities are probed once; tests marked ``requires_userns``, ``requires_subuid`` or
+``requires_fuse`` are skipped with the reason when the machine lacks them (runc's
+``requires rootless``). Nothing here needs root.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import imagekit  # noqa: E402
+
+
+@functools.cache
+def userns_problem() -> str | None:
+    """None when unprivileged user namespaces work here, else why not."""
+    if shutil.which("unshare") is None:
+        return "util-linux unshare missing"
+    proc = subprocess.run(["unshare", "-Urm", "true"], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        return f"unprivileged user namespaces unavailable: {proc.stderr.strip()}"
+    return None
+
+
+@functools.cache
+def subuid_problem() -> str | None:
+    from sandbox.runtime.idmap import detect_mapping
+
+    mapping = detect_mapping()
+    return None if mapping.mode == "subuid" else mapping.reason
+
+
+@functools.cache
+def fuse_problem() -> str | None:
+    from sandbox.drivers import probe_fuse
+
+    result = probe_fuse()
+    return None if result == "ok" else result
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, probe in (("requires_userns", userns_problem),
+                          ("requires_subuid", subuid_problem),
+                          ("requires_fuse", fuse_problem)):
+        if item.get_closest_marker(marker) is not None:
+            problem = probe()
+            if problem:
+                pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def session_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store shared by the session's tests (images are imported once)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return tmp_path_factory.mktemp(f"store-{worker}")
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if imagekit.busybox_path() is None:
+        pytest.skip("a static busybox is needed (apt-get install busybox-static)")
+    work = tmp_path_factory.mktemp("busybox")
+    return imagekit.make_busybox_tar(work / "busybox.tar", work)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(session_store: Path, busybox_tar: Path) -> str:
+    """``busybox`` imported into the session store; returns the image name."""
+    problem = userns_problem()
+    if problem:
+        pytest.skip(problem)
+    from sandbox.images import ImageStore
+    from sandbox.store import Store
+
+    ImageStore(Store(session_store)).import_rootfs(str(busybox_tar), ["busybox"])
+    return "busybox"
+
+
+@pytest.fixture
+def sandbox_env(session_store: Path) -> dict[str, str]:
+    """Environment for ``python -m sandbox`` runs against the session store."""
+    env = dict(os.environ)
+    env["SANDBOX_ROOT"] = str(session_store)
+    env.pop("SANDBOX_STORAGE_DRIVER", None) if os.environ.get(
+        "SANDBOX_STORAGE_DRIVER") == "" else None
+    return env
+
+
+class CLI:
+    """Runs the ``sandbox`` command as a user would."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 60,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sandbox", *args], input=input,
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(env or {})}, check=False,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+
+    def popen(self, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "sandbox", *args], env=self.env,
+                                text=True, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def cli(sandbox_env: dict[str, str]) -> CLI:
+    return CLI(sandbox_env)
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path) -> Iterator[Path]:
+    """A host directory to bind into containers, removed even if the container chowned it."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    yield d
+    if subuid_problem() is None:
+        from sandbox.runtime.userns import chown_tree, run_in_userns
+
+        run_in_userns(chown_tree, str(d), 0, 0)

@@ -1,0 +1,307 @@
+"""Isolation properties of ``sandbox run``, each test named after the property it proves.
+
+Run as an unprivileged user, through the CLI as a user would (end to end).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.runtime.idmap import detect_mapping
+
+pytestmark = pytest.mark.requires_userns
+
+
+def test_uid0_inside_is_the_user_outside(cli, busybox_image, host_dir: Path):
+    r = cli("run", "--rm", "-v", f"{host_dir}:/out", busybox_image,
+            "sh", "-c", "id -u; touch /out/made-inside")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+    st = os.stat(host_dir / "made-inside")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+
+
+@pytest.mark.requires_subuid
+def test_chown_inside_lands_in_the_subuid_range(cli, busybox_image, host_dir: Path):
+    mapping = detect_mapping()
+    r = cli("run", "--rm", "-v", f"{host_dir}:/out", busybox_image,
+            "sh", "-c", "touch /out/f && chown 1000:1000 /out/f && stat -c %u:%g /out/f")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1000:1000"
+    uid_range, gid_range = mapping.uid_map[1], mapping.gid_map[1]
+    st = os.stat(host_dir / "f")
+    assert st.st_uid == uid_range.host_id + 999
+    assert st.st_gid == gid_range.host_id + 999
+
+
+@pytest.mark.requires_subuid
+def test_user_flag_switches_to_a_mapped_user_with_groups(cli, busybox_image):
+    r = cli("run", "--rm", "-u", "app", busybox_image, "id")
+    assert r.returncode == 0, r.stderr
+    assert "uid=1000(app) gid=1000(app)" in r.stdout
+    assert "2000(extra)" in r.stdout
+    r = cli("run", "--rm", "-u", "33:2000", busybox_image, "id")
+    assert "uid=33(www-data) gid=2000(extra)" in r.stdout, r.stdout + r.stderr
+
+
+def test_single_uid_mode_maps_only_root_and_denies_setgroups(cli, busybox_image,
+                                                             host_dir: Path):
+    env = {"SANDBOX_USERNS": "single"}
+    r = cli("run", "--rm", "-v", f"{host_dir}:/out", busybox_image, "sh", "-c",
+            "cat /proc/self/uid_map /proc/self/setgroups; touch /out/f; "
+            "chown 1000 /out/f || echo chown-refused", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0].split() == ["0", str(os.getuid()), "1"]
+    assert "deny" in r.stdout
+    assert "chown-refused" in r.stdout
+    r = cli("run", "--rm", "-u", "1000", busybox_image, "true", env=env)
+    assert r.returncode == 125
+    assert "not mapped" in r.stderr
+
+
+def test_writes_to_root_stay_in_the_container_layer(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "sh", "-c",
+            "echo x > /etc/x && rm /bin/ls && cat /etc/x")
+    assert r.returncode == 0 and r.stdout == "x\n", r.stderr
+    r = cli("run", "--rm", busybox_image, "sh", "-c", "test ! -e /etc/x && test -e /bin/ls")
+    assert r.returncode == 0, r.stderr
+
+
+def test_host_image_root_is_writable_and_host_untouched(cli):
+    marker = f"/etc/sandbox-test-{os.getpid()}"
+    r = cli("run", "--rm", "host", "sh", "-c", f"echo x > {marker} && cat {marker}")
+    assert r.returncode == 0 and r.stdout == "x\n", r.stderr
+    assert not os.path.exists(marker)
+
+
+def test_rm_leaves_no_container_behind(cli, busybox_image, session_store: Path):
+    before = set(os.listdir(session_store / "containers"))
+    r = cli("run", "--rm", busybox_image, "sh", "-c", "touch /a; mkdir -p /b/c")
+    assert r.returncode == 0
+    assert set(os.listdir(session_store / "containers")) == before
+
+
+def test_pid1_is_our_init_and_reaps_zombies(cli, busybox_image):
+    script = ("(sleep 0.2 &) ; sleep 0.6; "
+              "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+              "ps -o stat,comm | grep -c '^Z' || true")
+    r = cli("run", "--rm", busybox_image, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    first, zombies = r.stdout.strip().split("\n")[-2:]
+    assert "sandbox" in first
+    assert zombies.strip() == "0"
+
+
+def test_signal_to_sandbox_run_reaches_the_command(cli, busybox_image):
+    proc = cli.popen("run", "--rm", busybox_image, "sh", "-c",
+                     'trap "echo got-term; exit 3" TERM; echo ready; '
+                     "while true; do sleep 0.05; done",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert "got-term" in out, err
+    assert proc.returncode == 3
+
+
+def test_ctrl_c_stops_the_container_and_cleans_up(cli, busybox_image, session_store: Path):
+    before = set(os.listdir(session_store / "containers"))
+    proc = cli.popen("run", "--rm", busybox_image, "sh", "-c", "echo ready; sleep 30",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert set(os.listdir(session_store / "containers")) == before
+
+
+def test_ps_shows_only_the_containers_processes(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "ps", "-o", "pid")
+    assert r.returncode == 0, r.stderr
+    pids = [int(x) for x in r.stdout.split()[1:]]
+    assert max(pids) < 10 and 1 in pids
+
+
+def test_hostname_is_private(cli, busybox_image):
+    r = cli("run", "--rm", "--hostname", "inner", busybox_image, "sh", "-c",
+            "hostname; cat /etc/hostname; hostname changed 2>/dev/null || echo refused")
+    # Docker's default capabilities lack CAP_SYS_ADMIN: the name is set for, not by, the command
+    assert r.stdout.split() == ["inner", "inner", "refused"], r.stderr
+    assert socket.gethostname() != "inner"
+    r = cli("run", "--rm", busybox_image, "hostname")
+    assert r.stdout.strip() != socket.gethostname() and len(r.stdout.strip()) == 12
+
+
+def test_network_none_has_only_loopback(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "sh", "-c", "ls /sys/class/net; ip -o link")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "lo"
+    assert "state UNKNOWN" in r.stdout or "UP" in r.stdout
+
+
+def test_network_host_sees_the_hosts_interfaces(cli, busybox_image):
+    r = cli("run", "--rm", "--network", "host", busybox_image, "ls", "/sys/class/net")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_masked_paths_are_masked(cli, busybox_image):
+    from sandbox.runtime.plan import MASKED_PATHS
+
+    present = [p for p in MASKED_PATHS if os.path.exists(p)]
+    assert present, "no masked path exists on this host: nothing to check"
+    script = "; ".join(
+        f"if [ -d {p} ]; then echo {p} $(ls -A {p} | wc -l); "
+        f"else echo {p} $(cat {p} 2>/dev/null | wc -c); fi" for p in present)
+    r = cli("run", "--rm", busybox_image, "sh", "-c",
+            script + "; echo 1 > /proc/sys/kernel/panic || echo ro-sys; "
+            "echo b > /proc/sysrq-trigger || echo ro-sysrq")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().split("\n")
+    sizes = dict(line.split() for line in lines[:len(present)])
+    assert sizes == {p: "0" for p in present}
+    assert "ro-sys" in lines and "ro-sysrq" in lines
+
+
+def test_mounting_host_proc_or_remounting_root_rw_fails(cli, busybox_image):
+    r = cli("run", "--rm", "--read-only", busybox_image, "sh", "-c",
+            "mkdir -p /tmp/p 2>/dev/null; mount -t proc proc /dev/shm && echo mounted-proc; "
+            "mount -o remount,rw / && echo remounted; touch /x || echo ro-root")
+    assert "mounted-proc" not in r.stdout and "remounted" not in r.stdout
+    assert "ro-root" in r.stdout
+
+
+def test_capabilities_are_dockers_default_set_and_no_new_privs(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "grep", "-E", "CapBnd|CapEff|NoNewPrivs",
+            "/proc/self/status")
+    fields = dict(line.split(":\t") for line in r.stdout.strip().split("\n"))
+    assert fields["CapBnd"] == "00000000a80425fb"
+    assert fields["CapEff"] == "00000000a80425fb"
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_dev_has_the_standard_nodes_and_a_private_devpts(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "sh", "-c",
+            "ls /dev; echo hi > /dev/null && head -c 4 /dev/zero | wc -c; "
+            "ls /dev/pts; test -L /dev/ptmx && echo ptmx-link; "
+            "readlink /dev/fd; cat /proc/mounts | grep -c devpts")
+    assert r.returncode == 0, r.stderr
+    names = set(r.stdout.split())
+    for node in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+                 "fd", "stdin", "stdout", "stderr", "ptmx"):
+        assert node in names, node
+    assert "ptmx-link" in names and "/proc/self/fd" in names
+
+
+def test_etc_files_are_provided(cli, busybox_image):
+    r = cli("run", "--rm", "--hostname", "box", busybox_image, "sh", "-c",
+            "grep -c localhost /etc/hosts; cat /etc/hostname; test -f /etc/resolv.conf")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "box"]
+
+
+def test_environment_from_image_flags_and_env_file(cli, busybox_image, tmp_path: Path):
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=yes\nOVER=file\n")
+    r = cli("run", "--rm", "--env-file", str(env_file), "-e", "OVER=flag", "-e", "PASSED",
+            "-w", "/tmp/work", busybox_image, "sh", "-c",
+            "echo $PATH; echo $FROM_FILE $OVER $PASSED; pwd; echo $HOME",
+            env={"PASSED": "through"})
+    assert r.returncode == 0, r.stderr
+    path, values, cwd, home = r.stdout.strip().split("\n")
+    assert path.startswith("/usr/local/sbin")
+    assert values == "yes flag through"
+    assert cwd == "/tmp/work" and home == "/root"
+
+
+def test_stdin_is_passed_with_i_and_closed_without(cli, busybox_image):
+    r = cli("run", "--rm", "-i", busybox_image, "cat", input="hello\n")
+    assert r.stdout == "hello\n"
+    r = cli("run", "--rm", busybox_image, "cat", input="hello\n")
+    assert r.stdout == ""
+
+
+def test_tty_gives_the_command_a_pty(sandbox_env, busybox_image):
+    import pty
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.execvpe(sys.executable, [sys.executable, "-m", "sandbox", "run", "--rm", "-t",
+                                    busybox_image, "sh", "-c", "tty; stty size"], sandbox_env)
+    out = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert b"/dev/pts/0" in out
+
+
+@pytest.mark.parametrize(("command", "status"), [
+    (["sh", "-c", "exit 3"], 3),
+    (["sh", "-c", "kill -9 $$"], 137),
+    (["sh", "-c", "kill -15 $$"], 143),
+    (["true"], 0),
+])
+def test_exit_status_is_the_commands(cli, busybox_image, command, status):
+    assert cli("run", "--rm", busybox_image, *command).returncode == status
+
+
+def test_command_not_found_is_127(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "no-such-command")
+    assert r.returncode == 127
+    assert r.stderr.strip() == ('sandbox: exec: "no-such-command": executable file not found '
+                                "in $PATH")
+
+
+def test_command_not_executable_is_126(cli, busybox_image):
+    r = cli("run", "--rm", busybox_image, "/etc/passwd")
+    assert r.returncode == 126
+    assert "permission denied" in r.stderr and len(r.stderr.strip().split("\n")) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["no-such-image:1"], "unable to find image"),
+    (["-u", "nobody-here", "@IMAGE", "true"], "unable to find user nobody-here"),
+    (["-e", "=bad", "@IMAGE", "true"], "invalid environment variable"),
+    (["--no-such-flag", "@IMAGE"], "unknown flag: --no-such-flag"),
+    (["--network", "bridge", "@IMAGE", "true"], "network mode 'bridge' is not supported"),
+    (["-w", "relative", "@IMAGE", "true"], "needs to be an absolute path"),
+])
+def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, args, message):
+    before = set(os.listdir(session_store / "containers"))
+    r = cli("run", "--rm", *[busybox_image if a == "@IMAGE" else a for a in args])
+    assert r.returncode == 125, r.stderr
+    assert message in r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1 and "Traceback" not in r.stderr
+    assert set(os.listdir(session_store / "containers")) == before
+
+
+def test_run_without_rm_keeps_an_exited_container(cli, busybox_image, session_store: Path):
+    before = set(os.listdir(session_store / "containers"))
+    r = cli("run", "--name", f"kept-{os.getpid()}", busybox_image, "sh", "-c", "exit 4")
+    assert r.returncode == 4
+    new = set(os.listdir(session_store / "containers")) - before
+    assert len(new) == 1
+    import json
+
+    state = json.loads((session_store / "containers" / new.pop() / "state.json").read_text())
+    assert state["status"] == "exited" and state["exit_code"] == 4
