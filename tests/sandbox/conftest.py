@@ -1,0 +1,55 @@
+"""Registry fixtures for tests/sandbox (helpers live in ``registry_fixtures.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from registry_fixtures import DirStore, FakeRegistry, Registries
+
+from sandbox.registry import RegistryClient
+
+
+@pytest.fixture(scope="session")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    """Distribution registries started on first use (anon, basic, token, tls); stopped at end."""
+    regs = Registries(tmp_path_factory.mktemp("registries"))
+    try:
+        yield regs
+    finally:
+        regs.stop()
+
+
+@pytest.fixture
+def auth_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every credentials and trust location into ``tmp_path`` (nothing of the user's)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
+    for var in ("REGISTRY_AUTH_FILE", "SANDBOX_INSECURE_REGISTRIES", "SANDBOX_CERTS_D"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def client(auth_env: Path) -> Iterator[RegistryClient]:
+    with RegistryClient(retries=2, backoff=0.01, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DirStore:
+    return DirStore(tmp_path / "store")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    f = FakeRegistry()
+    try:
+        yield f
+    finally:
+        f.stop()
