@@ -17,19 +17,73 @@ from sandbox.errors import SandboxError, UsageError
 __all__ = ["main", "COMMANDS"]
 
 # name -> (module, one-line help). Modules define ``add_arguments(parser)`` and ``run(args)``.
+_C = "sandbox.cli.containers"
+_I = "sandbox.cli.images"
+_R = "sandbox.cli.registry"
+_A = "sandbox.cli.archive"
+_B = "sandbox.cli.build"
+_V = "sandbox.cli.volumes"
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sandbox.cli.run", "Create and run a new container from an image"),
     "create": ("sandbox.cli.run", "Create a new container"),
-    "import": ("sandbox.cli.images", "Import the contents of a rootfs tarball to create an image"),
-    "images": ("sandbox.cli.images", "List images"),
-    "rmi": ("sandbox.cli.images", "Remove one or more images"),
-    "tag": ("sandbox.cli.images", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE"),
+    "exec": (_C, "Execute a command in a running container"),
+    "ps": (_C, "List containers"),
+    "start": (_C, "Start one or more stopped containers"),
+    "stop": (_C, "Stop one or more running containers"),
+    "restart": (_C, "Restart one or more containers"),
+    "kill": (_C, "Kill one or more running containers"),
+    "rm": (_C, "Remove one or more containers"),
+    "pause": (_C, "Pause all processes within one or more containers"),
+    "unpause": (_C, "Unpause all processes within one or more containers"),
+    "wait": (_C, "Block until one or more containers stop, then print their exit codes"),
+    "top": (_C, "Display the running processes of a container"),
+    "rename": (_C, "Rename a container"),
+    "stats": (_C, "Display a live stream of container resource usage statistics"),
+    "logs": (_C, "Fetch the logs of a container"),
+    "attach": (_C, "Attach local standard input, output, and error streams to a container"),
+    "diff": (_C, "Inspect changes to files or directories on a container's filesystem"),
+    "cp": (_C, "Copy files/folders between a container and the local filesystem"),
+    "commit": (_C, "Create a new image from a container's changes"),
+    "export": (_C, "Export a container's filesystem as a tar archive"),
+    "port": (_C, "List port mappings or a specific mapping for the container"),
+    "inspect": (_C, "Return low-level information on containers or images"),
+    "container prune": (_C, "Remove all stopped containers"),
+    "pull": (_R, "Download an image from a registry"),
+    "push": (_R, "Upload an image to a registry"),
+    "login": (_R, "Log in to a registry"),
+    "logout": (_R, "Log out from a registry"),
+    "search": (_R, "Search Docker Hub for images"),
+    "import": (_I, "Import the contents of a rootfs tarball to create an image"),
+    "images": (_I, "List images"),
+    "rmi": (_I, "Remove one or more images"),
+    "tag": (_I, "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE"),
+    "history": (_I, "Show the history of an image"),
+    "image inspect": (_I, "Display detailed information on one or more images"),
+    "image prune": (_I, "Remove unused images"),
+    "system df": (_I, "Show disk usage"),
+    "system prune": (_I, "Remove unused data"),
+    "save": (_A, "Save one or more images to a tar archive"),
+    "load": (_A, "Load an image from a tar archive or STDIN"),
+    "build": (_B, "Build an image from a Dockerfile"),
+    "builder prune": (_B, "Remove build cache"),
+    "volume create": (_V, "Create a volume"),
+    "volume ls": (_V, "List volumes"),
+    "volume inspect": (_V, "Display detailed information on one or more volumes"),
+    "volume rm": (_V, "Remove one or more volumes"),
+    "volume prune": (_V, "Remove unused local volumes"),
     "info": ("sandbox.cli.info", "Display system-wide information"),
     "version": ("sandbox.cli.info", "Show the sandbox version information"),
 }
 ALIASES = {"image ls": "images", "image list": "images", "image rm": "rmi",
-           "image import": "import", "image tag": "tag", "container run": "run",
-           "container create": "create", "system info": "info"}
+           "image import": "import", "image tag": "tag", "image pull": "pull",
+           "image push": "push", "image history": "history", "image save": "save",
+           "image load": "load", "image build": "build", "container run": "run",
+           "container create": "create", "container ls": "ps", "container list": "ps",
+           "container rm": "rm", "container exec": "exec", "container start": "start",
+           "container stop": "stop", "container kill": "kill", "container logs": "logs",
+           "container inspect": "inspect", "container cp": "cp", "container diff": "diff",
+           "container commit": "commit", "container export": "export", "volume list": "volume ls",
+           "system info": "info", "ls": "images"}
 
 
 def _render(err: SandboxError) -> int:
@@ -38,13 +92,19 @@ def _render(err: SandboxError) -> int:
 
 
 def _split_alias(argv: list[str]) -> list[str]:
-    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in ALIASES:
-        return [ALIASES[f"{argv[0]} {argv[1]}"], *argv[2:]]
+    """``image ls`` → ``images``; two-word commands (``volume ls``) become one argument."""
+    if len(argv) >= 2:
+        pair = f"{argv[0]} {argv[1]}"
+        if pair in ALIASES:
+            return [ALIASES[pair], *argv[2:]]
+        if pair in COMMANDS:
+            return [pair, *argv[2:]]
     return argv
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
+    # (group commands like "volume ls" are listed as they are typed)
     lines = ["Usage:  sandbox [--root DIR] [--storage-driver DRIVER] COMMAND", "",
              "A daemonless, rootless container engine for testing", "", "Commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -90,7 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              hint="see 'sandbox --help'")
         import importlib
 
-        module = importlib.import_module(COMMANDS[command][0])
+        try:
+            module = importlib.import_module(COMMANDS[command][0])
+        except ModuleNotFoundError as exc:
+            if exc.name != COMMANDS[command][0]:
+                raise
+            raise UsageError(f"'sandbox {command}' is not available in this build") from None
         entry: Callable[[str, list[str]], int] = module.main
         return entry(command, args[1:])
     except SandboxError as err:
