@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore
@@ -39,6 +41,8 @@ _HOST_TMPFS = ("tmp",)
 
 def generate_name(taken: set[str]) -> str:
     """Docker-style ``adjective_scientist``, unique among ``taken``."""
+    import random
+
     rng = random.SystemRandom()
     for attempt in range(100):
         name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NAMES)}"

@@ -1,8 +1,14 @@
 """Images in the store: lookup, import, listing, removal and layer unpacking.
 
 Image records live in the OCI layout's ``index.json``: one manifest descriptor per name, with the
-name in ``org.opencontainers.image.ref.name`` (untagged images keep a descriptor without one).
-Layers are unpacked once, by chain id, inside the user namespace the containers use.
+name in ``org.opencontainers.image.ref.name`` (untagged images keep a descriptor without one) and
+the registry digest it was pulled or pushed as in ``io.sandbox.repo-digest`` (Docker's
+``RepoDigests``). Layers are unpacked once, by chain id, inside the user namespace the containers
+use, and checked against the config's diff ids while they stream.
+
+Locks (always taken in this order): ``gc`` (shared by writers that add blobs before an image
+refers to them: pull, load, import; exclusive for garbage collection), then ``index``, then
+``blob-<hex>`` / ``layer-<hex>``.
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
-from sandbox.errors import ImageNotFound, SandboxError, StoreError
+from sandbox.errors import DigestMismatch, ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store
 
 __all__ = ["Image", "ImageStore", "HOST_IMAGE", "REF_ANNOTATION", "chain_ids", "host_arch",
-           "DEFAULT_PATH"]
+           "DEFAULT_PATH", "DiskUsage", "REPO_DIGEST_ANNOTATION"]
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+REPO_DIGEST_ANNOTATION = "io.sandbox.repo-digest"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_GZIP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -62,6 +69,7 @@ class Image:
     config: dict[str, Any] = field(hash=False, compare=False)
     layers: tuple[dict[str, Any], ...] = field(hash=False, compare=False, default=())
     builtin: bool = False
+    repo_digests: tuple[str, ...] = ()
 
     @property
     def diff_ids(self) -> list[str]:
@@ -82,7 +90,12 @@ class Image:
 
     @property
     def size(self) -> int:
+        """Compressed size of the layers (what a pull downloads)."""
         return sum(int(layer.get("size", 0)) for layer in self.layers)
+
+    @property
+    def dangling(self) -> bool:
+        return not self.names and not self.builtin
 
 
 def _host_image() -> Image:
@@ -98,6 +111,24 @@ def _normalise(name: str) -> str:
     return str(parse_reference(name))
 
 
+def _name_of(entry: dict[str, Any]) -> str | None:
+    return (entry.get("annotations") or {}).get(REF_ANNOTATION)
+
+
+def _repo_digest_of(entry: dict[str, Any]) -> str | None:
+    return (entry.get("annotations") or {}).get(REPO_DIGEST_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """``system df`` numbers for images: bytes of blobs and unpacked layers."""
+
+    images: int
+    active: int
+    size: int
+    reclaimable: int
+
+
 class ImageStore:
     """Image-level operations over a ``Store``."""
 
@@ -108,30 +139,42 @@ class ImageStore:
     def _entries(self) -> list[dict[str, Any]]:
         return list(self.store.load_index().get("manifests", []))
 
-    def _load(self, manifest_digest: str, names: tuple[str, ...]) -> Image:
+    def _load(self, manifest_digest: str, names: tuple[str, ...],
+              repo_digests: tuple[str, ...] = ()) -> Image:
         manifest = json.loads(self.store.read_blob(manifest_digest))
         config_digest = manifest["config"]["digest"]
         config = json.loads(self.store.read_blob(config_digest))
         return Image(id=config_digest, manifest_digest=manifest_digest, names=names,
-                     config=config, layers=tuple(manifest.get("layers", [])))
+                     config=config, layers=tuple(manifest.get("layers", [])),
+                     repo_digests=repo_digests)
 
     def list(self) -> list[Image]:
-        by_manifest: dict[str, list[str]] = {}
+        by_manifest: dict[str, tuple[list[str], list[str]]] = {}
         for entry in self._entries():
-            names = by_manifest.setdefault(entry["digest"], [])
-            name = (entry.get("annotations") or {}).get(REF_ANNOTATION)
-            if name:
+            names, repo_digests = by_manifest.setdefault(entry["digest"], ([], []))
+            name, repo_digest = _name_of(entry), _repo_digest_of(entry)
+            if name and name not in names:
                 names.append(name)
+            if repo_digest and repo_digest not in repo_digests:
+                repo_digests.append(repo_digest)
         images = []
-        for digest, names in by_manifest.items():
+        for digest, (names, repo_digests) in by_manifest.items():
             try:
-                images.append(self._load(digest, tuple(names)))
-            except (StoreError, ValueError, KeyError):
+                images.append(self._load(digest, tuple(names), tuple(repo_digests)))
+            except (StoreError, ValueError, KeyError, TypeError):
                 continue
         return images
 
+    def find(self, ref: str) -> Image | None:
+        """Like ``get``, None when absent."""
+        try:
+            return self.get(ref)
+        except ImageNotFound:
+            return None
+
     def get(self, ref: str) -> Image:
-        """An image by name (normalised as Docker does), full id, or unique id prefix."""
+        """An image by name (normalised as Docker does), ``name@digest``, full id, or unique id
+        prefix."""
         if ref == HOST_IMAGE:
             return _host_image()
         images = self.list()
@@ -143,103 +186,195 @@ class ImageStore:
             if len(matches) > 1:
                 raise SandboxError(f"image id prefix {ref} is ambiguous",
                                    hint="give more characters")
+        from sandbox.reference import parse_reference
+
         try:
-            name = _normalise(ref)
+            parsed = parse_reference(ref)
         except SandboxError:
             if ":" in hexref or len(hexref) > 64:
                 raise
             raise ImageNotFound(f"unable to find image '{ref}' locally") from None
         for img in images:
-            if name in img.names:
+            if parsed.digest:
+                if f"{parsed.name}@{parsed.digest}" in img.repo_digests or (
+                        img.manifest_digest == parsed.digest
+                        and any(n.startswith(parsed.name + ":") for n in img.names)):
+                    return img
+            elif str(parsed) in img.names:
                 return img
         raise ImageNotFound(f"unable to find image '{ref}' locally",
                             hint=f"pull it with `sandbox pull {ref}` or import it")
 
     # -- writing ------------------------------------------------------------------------------
-    def add(self, manifest_bytes: bytes, names: list[str]) -> Image:
-        """Record an image whose manifest, config and layer blobs are in the store."""
+    def add(self, manifest_bytes: bytes, names: list[str], *,
+            repo_digests: list[str] | None = None, media_type: str = MANIFEST_MEDIA_TYPE
+            ) -> Image:
+        """Record an image whose config and layer blobs are in the store (the manifest blob is
+        written here). ``names`` move to it from any other image; an image left without a name
+        stays, untagged (``<none>``), as Docker's do."""
         digest = self.store.put_blob(manifest_bytes)
+        names = [_normalise(n) for n in names]
+        repo_digests = list(repo_digests or [])
         with self.store.lock("index"):
             index = self.store.load_index()
-            kept = []
-            for entry in index["manifests"]:
-                name = (entry.get("annotations") or {}).get(REF_ANNOTATION)
-                if name in names:
-                    continue  # the name moves to the new image
-                if not name and entry["digest"] == digest:
-                    continue
-                kept.append(entry)
-            base = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest,
-                    "size": len(manifest_bytes)}
-            if names:
-                kept += [{**base, "annotations": {REF_ANNOTATION: n}} for n in names]
-            else:
-                kept.append(base)
-            kept = self._keep_dangling(kept)
-            index["manifests"] = kept
+            entries = index["manifests"]
+            kept = [e for e in entries if _name_of(e) not in names and e["digest"] != digest]
+            mine = [e for e in entries if e["digest"] == digest]
+            base = {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)}
+            known_names = [n for n in (_name_of(e) for e in mine) if n and n not in names]
+            known_rds = [r for r in (_repo_digest_of(e) for e in mine) if r]
+            new = self._entries_for(base, [*names, *known_names],
+                                    list(dict.fromkeys([*repo_digests, *known_rds])))
+            index["manifests"] = self._keep_dangling(entries, kept + new)
             self.store.save_index(index)
-        return self._load(digest, tuple(names))
+        return self.get_by_manifest(digest)
 
     @staticmethod
-    def _keep_dangling(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _entries_for(base: dict[str, Any], names: list[str],
+                     repo_digests: list[str]) -> list[dict[str, Any]]:
+        """One entry per name (carrying its repository's digest), then leftover digests."""
+        out = []
+        used: set[str] = set()
+        for name in names:
+            repo = name.rpartition(":")[0] if ":" in name.rpartition("/")[2] else name
+            rd = next((r for r in repo_digests if r.partition("@")[0] == repo), None)
+            ann = {REF_ANNOTATION: name, **({REPO_DIGEST_ANNOTATION: rd} if rd else {})}
+            if rd:
+                used.add(rd)
+            out.append({**base, "annotations": ann})
+        for rd in repo_digests:
+            if rd not in used:
+                out.append({**base, "annotations": {REPO_DIGEST_ANNOTATION: rd}})
+        return out or [dict(base)]
+
+    @staticmethod
+    def _keep_dangling(before: list[dict[str, Any]],
+                       after: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Images that lost their last name stay, untagged (``<none>``), as Docker's do."""
-        return entries
+        left = {e["digest"] for e in after}
+        for entry in before:
+            if entry["digest"] not in left:
+                left.add(entry["digest"])
+                after.append({k: v for k, v in entry.items() if k != "annotations"})
+        return after
+
+    def get_by_manifest(self, manifest_digest: str) -> Image:
+        for image in self.list():
+            if image.manifest_digest == manifest_digest:
+                return image
+        raise ImageNotFound(f"no image with manifest {manifest_digest}")
 
     def tag(self, image: Image, name: str) -> None:
         name = _normalise(name)
+        size = self.store.blob_size(image.manifest_digest)
         with self.store.lock("index"):
             index = self.store.load_index()
-            entries = [e for e in index["manifests"]
-                       if (e.get("annotations") or {}).get(REF_ANNOTATION) != name
+            before = index["manifests"]
+            entries = [e for e in before if _name_of(e) != name
                        and not (e["digest"] == image.manifest_digest and not e.get("annotations"))]
-            entries.append({"mediaType": MANIFEST_MEDIA_TYPE, "digest": image.manifest_digest,
-                            "size": self.store.blob_size(image.manifest_digest),
-                            "annotations": {REF_ANNOTATION: name}})
-            index["manifests"] = entries
+            media_type = next((e.get("mediaType") for e in before
+                               if e["digest"] == image.manifest_digest), MANIFEST_MEDIA_TYPE)
+            entries.append({"mediaType": media_type, "digest": image.manifest_digest,
+                            "size": size, "annotations": {REF_ANNOTATION: name}})
+            index["manifests"] = self._keep_dangling(before, entries)
+            self.store.save_index(index)
+
+    def record_repo_digest(self, image: Image, name: str, digest: str) -> None:
+        """After a push: ``name``'s repository holds the image as ``digest``."""
+        name = _normalise(name)
+        repo_digest = f"{name.rpartition(':')[0] if ':' in name.rpartition('/')[2] else name}" \
+                      f"@{digest}"
+        with self.store.lock("index"):
+            index = self.store.load_index()
+            for entry in index["manifests"]:
+                if entry["digest"] == image.manifest_digest and _name_of(entry) == name:
+                    entry.setdefault("annotations", {})[REPO_DIGEST_ANNOTATION] = repo_digest
             self.store.save_index(index)
 
     def remove(self, ref: str, *, force: bool = False,
-               in_use: set[str] | None = None) -> list[str]:
+               in_use: set[str] | None = None, gc: bool = True) -> list[str]:
         """``rmi``: untag a name, or delete an image by id; returns Docker-style lines."""
         image = self.get(ref)
         if image.builtin:
             raise SandboxError("the built-in image host cannot be removed")
-        out: list[str] = []
-        by_name = ref != image.id and not image.id[7:].startswith(ref.removeprefix("sha256:"))
+        by_id = image.id[7:].startswith(ref.removeprefix("sha256:"))
         with self.store.lock("index"):
             index = self.store.load_index()
             entries = index["manifests"]
-            if by_name and len(image.names) > 1:
+            if not by_id and len(image.names) > 1:
                 name = _normalise(ref)
-                index["manifests"] = [e for e in entries if not (
-                    (e.get("annotations") or {}).get(REF_ANNOTATION) == name)]
+                index["manifests"] = [e for e in entries if _name_of(e) != name]
                 self.store.save_index(index)
-                return [f"Untagged: {name}"]
+                return [f"Untagged: {_familiar(name)}"]
             if in_use and image.id in in_use and not force:
                 raise SandboxError(f"unable to remove image {ref}: it is used by a container",
                                    hint="remove the container first or use rmi -f")
-            if len(image.names) > 1 and not by_name and not force:
+            if len(image.names) > 1 and by_id and not force:
                 raise SandboxError(f"unable to delete {image.id[7:19]} (must be forced): "
-                                   "image is referenced in multiple repositories")
+                                   "image is referenced in multiple repositories",
+                                   hint="remove it by name, or use rmi -f")
             index["manifests"] = [e for e in entries if e["digest"] != image.manifest_digest]
             self.store.save_index(index)
-        out += [f"Untagged: {n}" for n in image.names]
+        out = [f"Untagged: {_familiar(n)}" for n in image.names]
+        out += [f"Untagged: {_familiar(r)}" for r in image.repo_digests]
         out.append(f"Deleted: {image.id}")
-        self.gc()
+        if gc:
+            self.gc()
         return out
+
+    def prune(self, *, all_images: bool = False, in_use: set[str] | None = None
+              ) -> tuple[list[str], int]:
+        """``image prune``: dangling images (all unused ones with ``all_images``) not used by a
+        container. Returns (Docker-style lines, bytes reclaimed)."""
+        in_use = in_use or set()
+        before = self._footprint()
+        lines: list[str] = []
+        for image in self.list():
+            if image.id in in_use or not (all_images or image.dangling):
+                continue
+            try:
+                lines += [line[0].lower() + line[1:] for line in
+                          self.remove(image.id, force=True, gc=False)]
+            except ImageNotFound:
+                continue
+        if lines:
+            self.gc()
+        return lines, max(0, before - self._footprint())
 
     # -- layers -------------------------------------------------------------------------------
     def layer_dirs(self, image: Image) -> list[str]:
         """The unpacked layer dirs of ``image``, top-most first, unpacking missing ones."""
+        self.unpack(image)
+        return [self.store.layer_diff(c) for c in reversed(image.chain_ids)]
+
+    def unpack(self, image: Image) -> int:
+        """Unpack the layers of ``image`` not unpacked yet (inside the user namespace, each
+        verified against its diff id); returns how many were unpacked."""
         chains = image.chain_ids
+        diff_ids = image.diff_ids
+        if len(diff_ids) != len(image.layers):
+            raise SandboxError(f"image {image.id[7:19]} is inconsistent: {len(image.layers)} "
+                               f"layers but {len(diff_ids)} diff ids in its config",
+                               hint="remove it and pull it again")
         missing = [i for i, c in enumerate(chains) if not self.store.has_layer(c)]
         if missing:
             from sandbox.runtime.userns import run_in_userns
 
             run_in_userns(_unpack_layers, self.store.root,
-                          [(chains[i], image.layers[i]["digest"], chains[i - 1] if i else None)
-                           for i in missing])
-        return [self.store.layer_diff(c) for c in reversed(chains)]
+                          [(chains[i], image.layers[i]["digest"], diff_ids[i],
+                            chains[i - 1] if i else None) for i in missing])
+        return len(missing)
+
+    def clean_tmp(self) -> None:
+        """Remove what interrupted pulls left in ``tmp/`` (in the user namespace if needed)."""
+        left = self.store.clean_tmp()
+        if left:
+            from sandbox.runtime.userns import run_in_userns
+
+            try:
+                run_in_userns(_remove_dirs, self.store.root, left)
+            except SandboxError:
+                pass
 
     def import_rootfs(self, src: str, names: list[str], *, changes: dict[str, Any] | None = None,
                       message: str = "") -> Image:
@@ -249,29 +384,38 @@ class ImageStore:
         from sandbox.runtime.userns import run_in_userns
 
         self.store.ensure()
-        diff_id, digest, size, media_type = run_in_userns(_import_layer, self.store.root,
-                                                          os.path.abspath(src))
-        created = _now()
-        run_cfg: dict[str, Any] = {"Env": [f"PATH={DEFAULT_PATH}"]}
-        run_cfg.update(changes or {})
-        config = {
-            "created": created, "architecture": host_arch(), "os": "linux",
-            "config": run_cfg, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": created, "created_by": f"sandbox import {src}",
-                         **({"comment": message} if message else {})}],
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = self.store.put_blob(config_bytes)
-        manifest = {
-            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
-                       "size": len(config_bytes)},
-            "layers": [{"mediaType": media_type, "digest": digest, "size": size}],
-        }
-        manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        return self.add(manifest_bytes, [_normalise(n) for n in names])
+        with self.store.lock("gc", shared=True):
+            diff_id, digest, size, media_type = run_in_userns(_import_layer, self.store.root,
+                                                              os.path.abspath(src))
+            created = _now()
+            run_cfg: dict[str, Any] = {"Env": [f"PATH={DEFAULT_PATH}"]}
+            run_cfg.update(changes or {})
+            config = {
+                "created": created, "architecture": host_arch(), "os": "linux",
+                "config": run_cfg, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "history": [{"created": created, "created_by": f"sandbox import {src}",
+                             **({"comment": message} if message else {})}],
+            }
+            config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+            config_digest = self.store.put_blob(config_bytes)
+            manifest = {
+                "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+                "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
+                           "size": len(config_bytes)},
+                "layers": [{"mediaType": media_type, "digest": digest, "size": size}],
+            }
+            manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+            return self.add(manifest_bytes, names)
 
-    # -- garbage collection -------------------------------------------------------------------
+    # -- size, garbage collection -------------------------------------------------------------
+    def unpacked_size(self, image: Image) -> int:
+        """Docker's image SIZE: bytes of the unpacked layers (compressed size until unpacked)."""
+        total = 0
+        for chain, layer in zip(image.chain_ids, image.layers):
+            total += self.store.layer_size(chain) if self.store.has_layer(chain) \
+                else int(layer.get("size", 0))
+        return total
+
     def referenced(self) -> tuple[set[str], set[str]]:
         """(blob digests, chain ids) still referenced by some image."""
         blobs: set[str] = set()
@@ -280,12 +424,20 @@ class ImageStore:
             blobs.add(image.manifest_digest)
             blobs.add(image.id)
             blobs.update(layer["digest"] for layer in image.layers)
+            blobs.update(r.partition("@")[2] for r in image.repo_digests)
             chains.update(image.chain_ids)
         return blobs, chains
 
+    def _footprint(self) -> int:
+        blobs = self.store.blobs_size(self.store.iter_blobs())
+        return blobs + sum(self.store.layer_size(c) for c in self.store.iter_layers())
+
     def gc(self) -> tuple[int, int]:
-        """Remove blobs and unpacked layers no image references; returns the counts."""
-        with self.store.lock("index"):
+        """Remove blobs and unpacked layers no image references; returns the counts.
+
+        Waits for running pulls and loads (they hold ``gc`` shared while their blobs are not
+        referenced yet)."""
+        with self.store.lock("gc"), self.store.lock("index"):
             blobs, chains = self.referenced()
             dead_blobs = [d for d in self.store.iter_blobs() if d not in blobs]
             dead_layers = [c for c in self.store.iter_layers() if c not in chains
@@ -302,10 +454,50 @@ class ImageStore:
                               [self.store.layer_dir(c) for c in dead_layers])
         return len(dead_blobs), len(dead_layers)
 
+    def disk_usage(self, in_use: set[str]) -> DiskUsage:
+        """``system df`` for images: shared layers count once; reclaimable is what removing
+        every image no container uses would free."""
+        images = self.list()
+        size = self._footprint()
+        kept_blobs: set[str] = set()
+        kept_chains: set[str] = set()
+        for image in images:
+            if image.id in in_use:
+                kept_blobs.update([image.manifest_digest, image.id,
+                                   *(layer["digest"] for layer in image.layers)])
+                kept_chains.update(image.chain_ids)
+        kept = self.store.blobs_size(kept_blobs) + sum(
+            self.store.layer_size(c) for c in kept_chains if self.store.has_layer(c))
+        active = sum(1 for image in images if image.id in in_use)
+        return DiskUsage(images=len(images), active=active, size=size,
+                         reclaimable=max(0, size - kept))
+
     def iter_names(self) -> Iterator[tuple[str, Image]]:
         for image in self.list():
             for name in image.names:
                 yield name, image
+
+    # -- registry ------------------------------------------------------------------------------
+    def pull(self, ref: str, **kwargs: Any) -> tuple[Image, bool]:
+        """Pull ``ref`` (see ``sandbox._pull.pull``); returns (image, whether it was new)."""
+        from sandbox._pull import pull
+
+        return pull(self, ref, **kwargs)
+
+    def push(self, ref: str, **kwargs: Any) -> str:
+        """Push the local image ``ref`` to its registry; returns the manifest digest."""
+        from sandbox._pull import push
+
+        return push(self, ref, **kwargs)
+
+
+def _familiar(name: str) -> str:
+    from sandbox.reference import parse_reference
+
+    try:
+        return parse_reference(name).familiar
+    except SandboxError:
+        return name
 
 
 def _layer_in_use(store: Store, chain_id: str) -> bool:
@@ -332,7 +524,8 @@ def _owner_policy() -> str:
 def _finish_layer(store: Store, tmp: str, chain_id: str, diff_id: str, parent: str | None,
                   stats: Any) -> None:
     meta = {"chain_id": chain_id, "diff_id": diff_id, "parent": parent,
-            "created": _now(), "stats": getattr(stats, "__dict__", None) or str(stats)}
+            "created": _now(), "size": int(getattr(stats, "bytes", 0) or 0),
+            "stats": getattr(stats, "__dict__", None) or str(stats)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
     try:
@@ -344,21 +537,62 @@ def _finish_layer(store: Store, tmp: str, chain_id: str, diff_id: str, parent: s
             raise
 
 
-def _unpack_layers(root: str, todo: list[tuple[str, str, str | None]]) -> None:
+class _HashingReader:
+    """Hashes what is read through it (the uncompressed layer, for its diff id)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self.hash.hexdigest()
+
+
+def _unpack_one(store: Store, digest: str, diff_id: str, dest: str, owners: str) -> Any:
     from sandbox import layers
 
+    with store.open_blob(digest) as f:
+        raw = layers.open_decompressed(f)
+        try:
+            hashed = _HashingReader(raw)
+            stats = layers.unpack_layer(hashed, dest, owners=owners)  # type: ignore[arg-type]
+            actual = hashed.drain()
+        finally:
+            raw.close()
+    if actual != diff_id:
+        raise DigestMismatch(f"layer {digest[7:19]} unpacks to {actual}, but the image "
+                             f"config says {diff_id}", hint="the image is corrupt; remove it "
+                                                            "and pull it again")
+    return stats
+
+
+def _unpack_layers(root: str, todo: list[tuple[str, str, str, str | None]]) -> None:
     store = Store(root).ensure()
     owners = _owner_policy()
-    for chain_id, digest, parent in todo:
+    for chain_id, digest, diff_id, parent in todo:
         with store.lock(f"layer-{chain_id[7:]}"):
             if store.has_layer(chain_id):
                 continue
             tmp = store.mkdtemp(suffix=".layer")
             try:
                 os.mkdir(os.path.join(tmp, "diff"), 0o755)
-                with store.open_blob(digest) as f:
-                    stats = layers.unpack_layer(f, os.path.join(tmp, "diff"), owners=owners)
-                _finish_layer(store, tmp, chain_id, chain_id, parent, stats)
+                stats = _unpack_one(store, digest, diff_id, os.path.join(tmp, "diff"), owners)
+                _finish_layer(store, tmp, chain_id, diff_id, parent, stats)
             except BaseException:
                 store.rm_rf(tmp)
                 raise
@@ -373,7 +607,7 @@ def _import_layer(root: str, src: str) -> tuple[str, str, int, str]:
     try:
         diff = os.path.join(tmp, "diff")
         os.mkdir(diff, 0o755)
-        stats = layers.import_rootfs(src, diff, owners=_owner_policy())
+        stats = layers.import_rootfs(src, diff, owners=_owner_policy())  # type: ignore[arg-type]
         with os.fdopen(fd, "wb") as out:
             digests = layers.write_layer(diff, out, compression="gzip")
         os.chmod(blob_tmp, 0o644)

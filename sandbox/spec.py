@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 from sandbox.errors import SpecError
 
@@ -93,7 +96,6 @@ class ContainerSpec:
 
 # -- validation ------------------------------------------------------------------------------
 
-Checker = Callable[[ContainerSpec], None]
 
 
 def _check_argv(spec: ContainerSpec) -> None:
@@ -139,7 +141,7 @@ def _check_user(spec: ContainerSpec) -> None:
         raise SpecError(f"invalid user {spec.user!r}", hint="use -u NAME|UID[:GROUP|GID]")
 
 
-CHECKERS: tuple[Checker, ...] = (_check_argv, _check_env, _check_paths, _check_network,
+CHECKERS: tuple[Callable[[ContainerSpec], None], ...] = (_check_argv, _check_env, _check_paths, _check_network,
                                  _check_hostname, _check_user)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 from sandbox.errors import SandboxError
@@ -67,7 +66,9 @@ def probe_fuse() -> str:
         return "/dev/fuse does not exist (load the fuse module)"
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         return "/dev/fuse is not readable and writable by this user"
-    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+    from sandbox.runtime.idmap import which
+
+    if not (which("fusermount3") or which("fusermount")):
         return "fusermount3 is not installed (package fuse3)"
     try:
         import importlib.util

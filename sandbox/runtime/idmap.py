@@ -9,7 +9,6 @@ and charliecloud do).
 from __future__ import annotations
 
 import os
-import shutil
 
 from sandbox.spec import IdMap
 
@@ -59,6 +58,15 @@ def read_subid_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def which(name: str) -> str:
+    """``shutil.which`` without importing shutil (start-up path)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep) + ["/usr/sbin", "/usr/bin"]:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return ""
+
+
 def _user_name(uid: int) -> str:
     import pwd
 
@@ -78,8 +86,8 @@ def detect_mapping(*, force_single: bool = False) -> IdMapping:
     user = _user_name(uid)
     sub_u = read_subid_ranges("/etc/subuid", user, uid)
     sub_g = read_subid_ranges("/etc/subgid", user, uid)
-    newuidmap = shutil.which("newuidmap") or ""
-    newgidmap = shutil.which("newgidmap") or ""
+    newuidmap = which("newuidmap")
+    newgidmap = which("newgidmap")
     if not sub_u or not sub_g:
         missing = "/etc/subuid" if not sub_u else "/etc/subgid"
         single.reason = (f"no range for {user} in {missing}: only uid {uid} is mapped "

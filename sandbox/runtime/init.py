@@ -28,8 +28,13 @@ import signal
 import socket
 import sys
 import termios
-from collections.abc import Callable
-from typing import NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    Payload = Callable[[], bytes]
 
 from sandbox import _syscalls as sc
 from sandbox._paths import resolve_in_root
@@ -353,9 +358,6 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
 
 
 # -- PID 1 ------------------------------------------------------------------------------------
-
-Payload = Callable[[], bytes]
-
 
 def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoReturn:
     """W for ``run_callable``: call ``payload`` in the container and write its bytes out."""

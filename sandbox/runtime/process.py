@@ -13,10 +13,12 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 from sandbox import errors
 from sandbox.runtime.idmap import IdMapping, MapError, write_maps
@@ -38,8 +40,14 @@ class Started:
         self.error: errors.SandboxError | None = None
 
 
+def has_threads() -> bool:
+    """Whether this process may have more than one thread (no threading import, no threads)."""
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
+
+
 def _must_spawn() -> bool:
-    return threading.active_count() > 1 or os.environ.get("SANDBOX_SPAWN_HELPER") == "1"
+    return has_threads() or os.environ.get("SANDBOX_SPAWN_HELPER") == "1"
 
 
 def _error_from(payload: bytes) -> errors.SandboxError:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from sandbox import _syscalls as sc
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
@@ -62,7 +63,9 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
     re-raise its exception here. ``func`` and its arguments must be picklable when the caller
     has threads."""
     mapping = mapping or detect_mapping()
-    if threading.active_count() > 1:
+    from sandbox.runtime.process import has_threads
+
+    if has_threads():
         return _spawned(func, args, kwargs, mapping)
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()

@@ -1,0 +1,103 @@
+"""Start-to-exit of ``sandbox run --rm busybox true`` against the real tools, in one run.
+
+Compared, on the same busybox rootfs: bubblewrap, ``unshare`` + ``chroot``, rootless
+``podman run --rm`` (when installed; ``--runtime runc`` on hybrid cgroups) and a bare
+``python3 -c pass`` (the interpreter's own start-up, which we cannot beat). Prints medians and
+ratios; machines are noisy, so compare ratios, not absolute times.
+
+    python bench/bench_run.py [--runs 30] [--store DIR]
+
+Target (issue 2): median ≤ 3 × bwrap + one ``python3 -c pass``, and ≥ 6× faster than podman.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import imagekit  # noqa: E402
+
+
+def timeit(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
+        times.append(time.perf_counter() - t)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-300:]}")
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--store", default="")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    store = Path(args.store) if args.store else work / "store"
+    tar = imagekit.make_busybox_tar(work / "busybox.tar", work)
+    rootfs = work / "busybox-rootfs"
+    env = {**os.environ, "SANDBOX_ROOT": str(store)}
+    sandbox = [sys.executable, "-m", "sandbox"]
+    script = shutil.which("sandbox", path=str(Path(sys.executable).parent))
+    subprocess.run([*sandbox, "import", str(tar), "bench-busybox"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([*sandbox, "run", "--rm", "bench-busybox", "true"], env=env, check=True)
+
+    cases: dict[str, tuple[list[str], dict[str, str] | None]] = {
+        "python3 -c pass": (["/usr/bin/python3", "-c", "pass"], None),
+        "sandbox run --rm (python -m)": ([*sandbox, "run", "--rm", "bench-busybox", "true"], env),
+    }
+    if script:
+        cases["sandbox run --rm (console script)"] = (
+            [script, "run", "--rm", "bench-busybox", "true"], env)
+    if shutil.which("bwrap"):
+        cases["bwrap"] = (["bwrap", "--unshare-all", "--bind", str(rootfs), "/", "--proc",
+                           "/proc", "--dev", "/dev", "/bin/true"], None)
+    if shutil.which("unshare"):
+        cases["unshare + chroot"] = (["unshare", "-Urmpf", "--mount-proc", "chroot",
+                                      str(rootfs), "/bin/true"], None)
+    podman = shutil.which("podman")
+    if podman:
+        pod = [podman, "--runtime", "runc", "--root", str(work / "podman"),
+               "--runroot", str(work / "podman-run")]
+        ok = subprocess.run([*pod, "import", str(tar), "bench-busybox"], capture_output=True,
+                            check=False).returncode == 0
+        if ok and subprocess.run([*pod, "run", "--rm", "--network", "none", "bench-busybox",
+                                  "true"], capture_output=True, check=False).returncode == 0:
+            cases["podman run --rm"] = ([*pod, "run", "--rm", "--network", "none",
+                                         "bench-busybox", "true"], None)
+        else:
+            print("podman: rootless run does not work here; skipped")
+    medians: dict[str, float] = {}
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.runs):  # interleave: every tool sees the same noise
+        for name, (cmd, cenv) in cases.items():
+            results[name] += timeit(cmd, 1, cenv)
+    for name, times in results.items():
+        medians[name] = statistics.median(times)
+    ours = medians["sandbox run --rm (python -m)"]
+    print(f"{'case':<36} {'median ms':>10} {'ratio to ours':>14}")
+    for name, med in medians.items():
+        print(f"{name:<36} {med * 1000:10.1f} {med / ours:14.2f}")
+    if "bwrap" in medians:
+        budget = 3 * medians["bwrap"] + medians["python3 -c pass"]
+        print(f"target 3*bwrap + python: {budget * 1000:.1f} ms -> ours is "
+              f"{ours / budget:.2f}x of it")
+    if "podman run --rm" in medians:
+        print(f"podman / ours: {medians['podman run --rm'] / ours:.1f}x (target >= 6x)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
