@@ -241,8 +241,9 @@ class Engine:
         cdir = self.store.container_dir(cid)
         cfg = image.run_config
         user = opts.user if opts.user is not None else str(cfg.get("User") or "")
-        driver = "overlay" if image.builtin else select_driver(
-            self.store, opts.storage_driver or self.storage_driver).name
+        driver = select_driver(self.store, opts.storage_driver or self.storage_driver).name
+        if image.builtin and driver != "overlay":
+            driver = "overlay"  # the host image stacks the host's own dirs: kernel overlay only
         os.mkdir(cdir, 0o700)
         try:
             rootfs = self._rootfs(image, cdir, driver)

@@ -68,7 +68,14 @@ def make_busybox_rootfs(dest: Path) -> Path:
 
 def make_busybox_tar(dest_tar: Path, workdir: Path) -> Path:
     root = make_busybox_rootfs(workdir / "busybox-rootfs")
+    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        if info.name in ("home/app", "./home/app"):
+            info.uid = info.gid = 1000
+        return info
+
     with tarfile.open(dest_tar, "w") as tar:
         for entry in sorted(os.listdir(root)):
-            tar.add(root / entry, arcname=entry)
+            tar.add(root / entry, arcname=entry, filter=as_root)
     return dest_tar

@@ -464,6 +464,9 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
         if spec.network != "host":
             flags |= sc.CLONE_NEWNET
+        fuse_pid = 0
+        if spec.rootfs.driver == "fuse":
+            fuse_pid = _start_fuse(spec)
         sc.unshare(flags)
         forwarder = Forwarder()
         forwarder.on_parent_death = signal.SIGKILL  # our caller died: take the container down
@@ -476,8 +479,65 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
     except BaseException as exc:  # noqa: BLE001
         report(sock, "SandboxError", f"container setup: {exc}", 125)
         code = 125
+    if fuse_pid:
+        _stop_fuse(spec, fuse_pid)
     _cleanup(spec)
     os._exit(code)
+
+
+def _start_fuse(spec: ContainerSpec) -> int:
+    """The ``fuse`` storage driver's half in C: a private mount namespace (owned by the
+    container's user namespace), ``fuse_overlay`` serving the rootfs in it, in the foreground as
+    our child with PDEATHSIG, so that it ends with the container even if we are SIGKILLed.
+    G copies this mount namespace and sees the mount."""
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
+    rootfs = spec.rootfs
+    lowers = ":".join(low.replace(",", "\\,").replace(":", "\\:") for low in rootfs.lowers)
+    opts = f"lowerdir={lowers},upperdir={rootfs.upper},workdir={rootfs.work}"
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            sc.set_pdeathsig(signal.SIGTERM)
+            os.set_inheritable(ready_w, True)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.execv(sys.executable, [sys.executable, "-m", "fuse_overlay", "-f", "--ready-fd",
+                                      str(ready_w), "-o", opts, rootfs.mountpoint])
+        finally:
+            os._exit(127)
+    os.close(ready_w)
+    answer = b""
+    while chunk := os.read(ready_r, 4096):
+        answer += chunk
+        if answer.startswith(b"ok"):
+            break
+    os.close(ready_r)
+    if not answer.startswith(b"ok"):
+        os.waitpid(pid, 0)
+        raise SetupFailed("RuntimeSetupError", "the fuse storage driver could not mount the "
+                          "root filesystem (fuse_overlay failed; see its message above)")
+    return pid
+
+
+def _stop_fuse(spec: ContainerSpec, pid: int) -> None:
+    try:
+        sc.umount2(spec.rootfs.mountpoint, sc.MNT_DETACH)
+    except OSError:
+        pass
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | None,
