@@ -1,0 +1,221 @@
+"""Pure unit tests of the runtime's policy: specs, plans, id maps, path resolution, store."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox import errors
+from sandbox._paths import clean_container_path, resolve_in_root
+from sandbox.runtime import idmap
+from sandbox.runtime.plan import MASKED_PATHS, READONLY_PATHS, build_plan, format_plan
+from sandbox.spec import (
+    ContainerSpec, IdMap, Mount, RootfsSpec, parse_env_file, parse_env_list, spec_from_json,
+    spec_to_json, validate_spec,
+)
+from sandbox.store import Store, rm_rf
+
+
+def make_spec(**changes) -> ContainerSpec:
+    spec = ContainerSpec(
+        id="a" * 64, name="t", image="busybox", image_id="sha256:" + "b" * 64,
+        rootfs=RootfsSpec(driver="overlay", lowers=("/l2", "/l1"), upper="/c/upper",
+                          work="/c/work", mountpoint="/c/rootfs"),
+        argv=("true",), env=("A=1",), container_dir="/c", store_root="/s",
+        mounts=(Mount(target="/data", source="/host/data", readonly=True),),
+        uid_map=(IdMap(0, 1000, 1),), gid_map=(IdMap(0, 1000, 1),))
+    return dataclasses.replace(spec, **changes)
+
+
+# -- spec ----------------------------------------------------------------------------------
+
+def test_spec_round_trips_through_json():
+    spec = make_spec(labels={"k": "v"})
+    assert spec_from_json(spec_to_json(spec)) == spec
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"argv": ()}, "no command specified"),
+    ({"env": ("=x",)}, "invalid environment variable"),
+    ({"workdir": "rel"}, "working directory .rel. is invalid"),
+    ({"network": "bridge"}, "not supported"),
+    ({"hostname": "a b"}, "invalid hostname"),
+    ({"user": "a:b:c"}, "invalid user"),
+    ({"mounts": (Mount(target="rel", source="/x"),)}, "must be an absolute path"),
+    ({"mounts": (Mount(target="/x", source="/x", type="nfs"),)}, "invalid mount type"),
+])
+def test_validate_spec_names_the_problem(changes, message):
+    with pytest.raises(errors.SpecError, match=message):
+        validate_spec(make_spec(**changes))
+
+
+def test_env_list_sets_and_copies(monkeypatch):
+    assert parse_env_list(["A=1", "B", "C"], {"B": "2"}) == ["A=1", "B=2"]
+    with pytest.raises(errors.SpecError):
+        parse_env_list(["A B=1"], {})
+
+
+def test_env_file_skips_comments(tmp_path: Path):
+    f = tmp_path / "env"
+    f.write_text("# c\n\nA=1\n  B=two words\n")
+    assert parse_env_file(str(f)) == ["A=1", "B=two words"]
+    with pytest.raises(errors.SpecError, match="cannot read env file"):
+        parse_env_file(str(tmp_path / "missing"))
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+def test_plan_order_is_fixed():
+    kinds = [op.kind for op in build_plan(make_spec())]
+    assert kinds[0] == "lo_up" and kinds[1] == "rslave"
+    assert kinds.index("rslave") < kinds.index("mount") < kinds.index("pivot_root")
+    assert kinds[-1] in ("pivot_root", "hostname", "remount_ro")
+    ops = build_plan(make_spec())
+    proc = next(i for i, op in enumerate(ops) if op.fstype == "proc")
+    masks = [i for i, op in enumerate(ops) if op.kind == "mask"]
+    assert proc < min(masks)
+
+
+def test_plan_masks_and_readonly_paths_are_runcs():
+    ops = build_plan(make_spec())
+    assert {op.target for op in ops if op.kind == "mask"} == set(MASKED_PATHS)
+    assert {op.target for op in ops if op.kind == "readonly"} == set(READONLY_PATHS)
+    assert all(op.optional for op in ops if op.kind in ("mask", "readonly"))
+
+
+def test_plan_network_host_binds_sys_and_skips_lo():
+    ops = build_plan(make_spec(network="host"))
+    assert "lo_up" not in [op.kind for op in ops]
+    assert any(op.kind == "bind" and op.target == "/sys" for op in ops)
+
+
+def test_plan_overlay_options_escape_and_order():
+    spec = make_spec(rootfs=RootfsSpec(driver="overlay", lowers=("/a:b", "/c,d"), upper="/u",
+                                       work="/w", mountpoint="/m"))
+    op = next(op for op in build_plan(spec) if op.fstype == "overlay")
+    assert op.data == "lowerdir=/a\\:b:/c\\,d,upperdir=/u,workdir=/w,userxattr"
+
+
+def test_plan_user_mounts_readonly_and_tmpfs():
+    spec = make_spec(mounts=(Mount(target="/ro", source="/h", readonly=True),
+                             Mount(target="/t", type="tmpfs", options=("size=1m",))))
+    ops = build_plan(spec)
+    ro = [op for op in ops if op.target == "/ro"]
+    assert [op.kind for op in ro] == ["bind", "remount_ro"]
+    tmp = next(op for op in ops if op.target == "/t" and op.kind == "mount")
+    assert tmp.fstype == "tmpfs" and tmp.data == "size=1m"
+
+
+def test_plan_readonly_rootfs_and_hostname_come_after_pivot():
+    ops = build_plan(make_spec(readonly_rootfs=True, hostname="h"))
+    kinds = [op.kind for op in ops]
+    assert kinds[-2:] == ["remount_ro", "hostname"]
+    assert kinds.index("pivot_root") < kinds.index("hostname")
+
+
+def test_format_plan_is_one_line_a_step():
+    ops = build_plan(make_spec())
+    text = format_plan(ops)
+    assert len(text.splitlines()) == len(ops)
+    assert "<root>/proc" in text
+
+
+def test_host_rootfs_plan_overlays_each_top_level_dir():
+    spec = make_spec(rootfs=RootfsSpec(driver="overlay", lowers=("/etc", "/usr"),
+                                       upper="/u", work="/w", mountpoint="/m", host=True,
+                                       binds=("/mnt",), tmpfs=("/tmp",)))
+    ops = build_plan(spec)
+    overlays = [op for op in ops if op.fstype == "overlay"]
+    assert [op.target for op in overlays] == ["/m/etc", "/m/usr"]
+    assert "upperdir=/u/etc,workdir=/w/etc" in overlays[0].data
+    assert any(op.kind == "bind" and op.target == "/m/mnt" for op in ops)
+    assert any(op.fstype == "tmpfs" and op.target == "/m/tmp" for op in ops)
+
+
+# -- id maps -------------------------------------------------------------------------------
+
+def test_subid_ranges_by_name_and_uid(tmp_path: Path):
+    f = tmp_path / "subuid"
+    f.write_text("alice:100000:65536\n1001:300000:10\nbob:1:2\nbad line\nalice:x:1\n")
+    assert idmap.read_subid_ranges(str(f), "alice", 1001) == [(100000, 65536), (300000, 10)]
+    assert idmap.read_subid_ranges(str(tmp_path / "none"), "alice", 1) == []
+
+
+def test_detect_mapping_falls_back_to_single_with_a_reason(monkeypatch):
+    monkeypatch.setenv("SANDBOX_USERNS", "single")
+    m = idmap.detect_mapping()
+    assert m.mode == "single" and m.uid_map == (IdMap(0, os.getuid(), 1),)
+    assert "forced" in m.reason
+
+
+def test_map_text_and_args():
+    maps = (IdMap(0, 1000, 1), IdMap(1, 100000, 65536))
+    assert idmap._map_text(maps) == b"0 1000 1\n1 100000 65536\n"
+    assert idmap._map_args(maps) == ["0", "1000", "1", "1", "100000", "65536"]
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+def test_clean_container_path_clamps_at_root():
+    assert clean_container_path("/../a/./b/../c") == "/a/c"
+
+
+def test_resolve_in_root_keeps_symlinks_inside(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "abs").symlink_to("/etc")
+    (root / "up").symlink_to("../../../../etc")
+    (root / "loop").symlink_to("loop")
+    assert resolve_in_root(str(root), "/abs/passwd") == str(root / "etc" / "passwd")
+    assert resolve_in_root(str(root), "/up/x") == str(root / "etc" / "x")
+    assert resolve_in_root(str(root), "/../../etc") == str(root / "etc")
+    assert resolve_in_root(str(root), "/abs", follow_last=False) == str(root / "abs")
+    with pytest.raises(OSError):
+        resolve_in_root(str(root), "/loop/x")
+
+
+# -- store ---------------------------------------------------------------------------------
+
+def test_store_blobs_are_verified_while_streaming(tmp_path: Path):
+    store = Store(tmp_path / "s").ensure()
+    digest = store.put_blob(b"hello")
+    assert store.read_blob(digest) == b"hello"
+    with pytest.raises(errors.DigestMismatch, match="truncated"):
+        store.ingest_blob("sha256:" + "0" * 64, [b"abc"], size=4)
+    with pytest.raises(errors.DigestMismatch, match="hashes to"):
+        store.ingest_blob("sha256:" + "0" * 64, [b"abc"], size=3)
+    assert not store.has_blob("sha256:" + "0" * 64)
+    assert os.listdir(store.tmp_dir) == []
+
+
+def test_store_refuses_bad_digests_and_foreign_versions(tmp_path: Path):
+    store = Store(tmp_path / "s").ensure()
+    with pytest.raises(errors.StoreError, match="invalid digest"):
+        store.blob_path("sha256:../../etc")
+    (tmp_path / "s" / "version").write_text("99\n")
+    with pytest.raises(errors.StoreError, match="version 99"):
+        Store(tmp_path / "s").ensure()
+
+
+def test_rm_rf_only_under_the_root_and_through_read_only_dirs(tmp_path: Path):
+    root = tmp_path / "root"
+    victim = root / "a" / "b"
+    victim.mkdir(parents=True)
+    (victim / "f").write_text("x")
+    os.chmod(victim, 0o500)
+    rm_rf(str(root / "a"), under=str(root))
+    assert not (root / "a").exists()
+    with pytest.raises(errors.StoreError, match="refusing"):
+        rm_rf(str(tmp_path), under=str(root))
+    with pytest.raises(errors.StoreError, match="refusing"):
+        rm_rf(str(root), under=str(root))
+
+
+def test_errors_render_as_one_line():
+    err = errors.SandboxError("bad\nthing", hint="do  this")
+    assert err.one_line() == "bad thing (do this)"
+    assert errors.CommandNotFound("x").exit_code == 127
+    assert errors.CommandNotExecutable("x").exit_code == 126
