@@ -576,15 +576,16 @@ def _cleanup(spec: ContainerSpec) -> None:
         pass
 
 
-def userns_failure_message(err: int) -> str:
-    """Name the cause of a refused ``unshare(CLONE_NEWUSER)`` and the fix."""
-    def read(path: str) -> str:
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            return ""
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
+
+def userns_failure_message(err: int, read: Callable[[str], str] = _read_sysctl) -> str:
+    """Name the cause of a refused ``unshare(CLONE_NEWUSER)`` and the fix."""
     if read("/proc/sys/user/max_user_namespaces") == "0":
         return ("user namespaces are disabled (user.max_user_namespaces=0): "
                 "run `sudo sysctl -w user.max_user_namespaces=15000`")

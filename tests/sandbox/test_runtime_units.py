@@ -219,3 +219,19 @@ def test_errors_render_as_one_line():
     assert err.one_line() == "bad thing (do this)"
     assert errors.CommandNotFound("x").exit_code == 127
     assert errors.CommandNotExecutable("x").exit_code == 126
+
+
+@pytest.mark.parametrize(("sysctls", "err", "expected"), [
+    ({"/proc/sys/user/max_user_namespaces": "0"}, 1, "user.max_user_namespaces=0"),
+    ({"/proc/sys/kernel/unprivileged_userns_clone": "0"}, 1,
+     "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ({"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1"}, 13,
+     "kernel.apparmor_restrict_unprivileged_userns=0"),
+    ({}, 22, "multi-threaded"),
+    ({}, 28, "limit of user namespaces"),
+])
+def test_userns_refusal_names_the_cause_and_fix(sysctls, err, expected):
+    from sandbox.runtime.init import userns_failure_message
+
+    message = userns_failure_message(err, read=lambda p: sysctls.get(p, ""))
+    assert expected in message and "\n" not in message
