@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import imagekit  # noqa: E402
 
+# pytester for tests/pytest_plugin (pytest allows pytest_plugins only in the top conftest)
+pytest_plugins = ["pytester"]
+
 
 @functools.cache
 def userns_problem() -> str | None:

@@ -31,13 +31,14 @@ __all__ = ["Started", "start", "wait", "run", "run_callable"]
 class Started:
     """A container whose command has been exec'd (or whose setup failed)."""
 
-    __slots__ = ("pid", "init_pid", "master_fd", "error")
+    __slots__ = ("pid", "init_pid", "master_fd", "error", "forwarder")
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, forwarder: Forwarder | None = None) -> None:
         self.pid = pid            # C, our child
         self.init_pid = 0         # G, the container's PID 1, as the host sees it
         self.master_fd = -1       # the pty master with -t
         self.error: errors.SandboxError | None = None
+        self.forwarder = forwarder  # our signals → C, from before the fork
 
 
 def has_threads() -> bool:
@@ -71,9 +72,12 @@ def start(spec: ContainerSpec, mapping: IdMapping,
           forwarder: Forwarder | None = None) -> Started:
     """Start the container; returns once its command is exec'd or its setup has failed.
 
-    With ``forwarder`` (installed by the caller before this call), our signals go to the
-    container from the moment it exists.
+    Our signals go to the container from the moment it exists: through ``forwarder`` if the
+    caller installed one, else through one installed here (main thread only), which ``wait``
+    then uses and removes.
     """
+    if forwarder is None and _in_main_thread():
+        forwarder = Forwarder()
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if _must_spawn():
         csock.set_inheritable(True)
@@ -91,12 +95,17 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     if forwarder is not None:
         forwarder.set_target(pid)
     csock.close()
-    started = Started(pid)
+    started = Started(pid, forwarder)
     try:
         _handshake(psock, started, mapping)
     finally:
         psock.close()
     return started
+
+
+def _in_main_thread() -> bool:
+    threading = sys.modules.get("threading")
+    return threading is None or threading.current_thread() is threading.main_thread()
 
 
 def _handshake(sock: socket.socket, started: Started, mapping: IdMapping) -> None:
@@ -130,7 +139,8 @@ def wait(started: Started, *, proxy_tty: bool = False,
          forwarder: Forwarder | None = None) -> int:
     """Wait for C, forwarding our signals to the container; returns its exit status."""
     pid = started.pid
-    if forwarder is None:
+    forwarder = forwarder or started.forwarder
+    if forwarder is None and _in_main_thread():
         forwarder = Forwarder()
         forwarder.set_target(pid)
     try:
@@ -146,7 +156,9 @@ def wait(started: Started, *, proxy_tty: bool = False,
             return 128 + os.WTERMSIG(status)
         return os.waitstatus_to_exitcode(status)
     finally:
-        forwarder.restore()
+        if forwarder is not None:
+            forwarder.restore()
+        started.forwarder = None
         if started.master_fd >= 0:
             os.close(started.master_fd)
             started.master_fd = -1

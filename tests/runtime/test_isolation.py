@@ -283,7 +283,7 @@ def test_command_not_executable_is_126(cli, busybox_image):
     (["-u", "nobody-here", "@IMAGE", "true"], "unable to find user nobody-here"),
     (["-e", "=bad", "@IMAGE", "true"], "invalid environment variable"),
     (["--no-such-flag", "@IMAGE"], "unknown flag: --no-such-flag"),
-    (["--network", "bridge", "@IMAGE", "true"], "network mode 'bridge' is not supported"),
+    (["--network", "bridge", "@IMAGE", "true"], "bridge"),
     (["-w", "relative", "@IMAGE", "true"], "needs to be an absolute path"),
 ])
 def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, args, message):
