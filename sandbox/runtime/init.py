@@ -492,9 +492,9 @@ def _start_fuse(spec: ContainerSpec) -> int:
     G copies this mount namespace and sees the mount."""
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
+    from fuse_overlay import command
+
     rootfs = spec.rootfs
-    lowers = ":".join(low.replace(",", "\\,").replace(":", "\\:") for low in rootfs.lowers)
-    opts = f"lowerdir={lowers},upperdir={rootfs.upper},workdir={rootfs.work}"
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -505,8 +505,9 @@ def _start_fuse(spec: ContainerSpec) -> int:
             devnull = os.open("/dev/null", os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
-            os.execv(sys.executable, [sys.executable, "-m", "fuse_overlay", "-f", "--ready-fd",
-                                      str(ready_w), "-o", opts, rootfs.mountpoint])
+            argv = command(rootfs.lowers, rootfs.mountpoint, upperdir=rootfs.upper,
+                           workdir=rootfs.work, ready_fd=ready_w, die_with_parent=True)
+            os.execv(argv[0], argv)
         finally:
             os._exit(127)
     os.close(ready_w)

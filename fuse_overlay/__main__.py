@@ -1,0 +1,161 @@
+"""``python -m fuse_overlay -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT``.
+
+The same syntax as fuse-overlayfs, so it can stand in for it (Podman's ``mount_program``).
+
+Without ``-f`` the command forks, and returns (exit 0) only once the mount is live; the server
+process keeps running until the file system is unmounted.  With ``-f`` it serves in the
+foreground; ``--ready-fd N`` then writes ``ok\\n`` to fd N once the mount is live, and
+``--die-with-parent`` unmounts and exits when the parent process dies (even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from fuse_overlay._syscalls import set_parent_death_signal
+from fuse_overlay.options import MountConfig, UsageError, parse_args
+
+logger = logging.getLogger("fuse_overlay")
+
+USAGE = """\
+usage: fuse-overlay [-f] [-d] [-s] [--ready-fd N] [--die-with-parent]
+                    -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT...] MOUNTPOINT
+
+overlay options: lowerdir upperdir workdir squash_to_root squash_to_uid=N squash_to_gid=N
+  uidmapping=C:H:L[:C:H:L...] gidmapping=... noacl volatile fsync=0|1 timeout=S threaded=0|1
+  writeback=0|1 kernel_cache=0|1 max_write=N
+libfuse options: allow_other allow_root default_permissions ro fsname=NAME entry_timeout=S
+  attr_timeout=S negative_timeout=S ...
+"""
+
+
+def in_user_namespace() -> bool:
+    """True when this process runs in a user namespace other than the initial one."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as fh:
+            fields = fh.read().split()
+    except OSError:
+        return False
+    return fields != ["0", "0", "4294967295"]
+
+
+def fuse_kwargs(config: MountConfig) -> dict[str, str | bool]:
+    """Keyword options for ``FUSE(...)``: ours, then the libfuse ones given on the command line."""
+    kwargs: dict[str, str | bool] = {"fsname": "fuse-overlay", "subtype": "fuse-overlay"}
+    if in_user_namespace():
+        kwargs.update(allow_other=True, default_permissions=True)
+    kwargs.update(config.fuse_options)
+    kwargs.update(
+        foreground=True,  # libfuse must not daemonize: we do, to report readiness
+        nothreads=not config.tuning.threads,
+        debug=config.debug,
+        use_ino=True,
+    )
+    return kwargs
+
+
+def serve(config: MountConfig, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount and serve until unmounted (blocks)."""
+    from fuse_overlay._fuse import OverlayFUSE
+    from fuse_overlay.layers import LayerStack
+    from fuse_overlay.operations import OverlayOperations
+
+    stack = LayerStack(list(config.lowerdirs), None if config.read_only else config.upperdir)
+    ops = OverlayOperations(
+        stack,
+        config.workdir,
+        ownership=config.ownership,
+        tuning=config.tuning,
+        volatile=config.volatile,
+        read_only=config.read_only,
+        on_ready=on_ready,
+    )
+    os.umask(0)  # the kernel has applied the caller's umask already
+    OverlayFUSE(ops, config.mountpoint, **fuse_kwargs(config))
+
+
+def _notify(fd: int, message: bytes) -> None:
+    try:
+        os.write(fd, message)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _daemonize(config: MountConfig) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+        os.close(read_end)
+        answer = b"".join(chunks)
+        if answer.startswith(b"ok"):
+            return 0
+        if not answer:
+            _pid, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            answer = f"mount failed (server exit status {code})".encode()
+        sys.stderr.write(f"fuse-overlay: {answer.decode(errors='replace').strip()}\n")
+        return 1
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+
+    def ready() -> None:
+        os.dup2(devnull, 2)  # detach from the caller's terminal only once the mount is live
+        _notify(write_end, b"ok\n")
+
+    code = 0
+    try:
+        serve(config, ready)
+    except Exception as exc:  # the parent renders it as one line
+        _notify(write_end, f"{exc}".encode())
+        code = 1
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        sys.stdout.write(USAGE)
+        return 0
+    if "--version" in args or "-V" in args:
+        sys.stdout.write("fuse-overlay 0.1.0 (fuse-overlayfs compatible)\n")
+        return 0
+    try:
+        config = parse_args(args)
+    except UsageError as exc:
+        sys.stderr.write(f"fuse-overlay: {exc}\n")
+        return 1
+    logging.basicConfig(
+        level=logging.DEBUG if config.debug else logging.WARNING,
+        format="fuse-overlay: %(levelname)s %(name)s: %(message)s",
+    )
+    if not config.foreground:
+        return _daemonize(config)
+    ready_fd = config.ready_fd
+    if config.die_with_parent:
+        parent = os.getppid()
+        set_parent_death_signal(signal.SIGTERM)  # libfuse unmounts and exits on SIGTERM
+        if os.getppid() != parent:
+            return 1
+    try:
+        serve(config, None if ready_fd is None else lambda: _notify(ready_fd, b"ok\n"))
+    except Exception as exc:
+        sys.stderr.write(f"fuse-overlay: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The one import shim for the fusepy API: mfusepy (libfuse 3 preferred) or fusepy (libfuse 2).
+
+mfusepy drops ``rename`` flags and folds ``UTIME_NOW``/``UTIME_OMIT`` into plain nanoseconds;
+:class:`OverlayFUSE` passes both through so ``renameat2(RENAME_NOREPLACE)`` and ``touch -a``
+behave as on the kernel's overlayfs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ:
+    if ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+try:
+    import mfusepy as fuse  # type: ignore[import-untyped]
+
+    BINDING = "mfusepy"
+except ImportError:  # pragma: no cover - exercised only where mfusepy is missing
+    import fuse  # type: ignore[import-untyped]
+
+    BINDING = "fusepy"
+
+FUSE = fuse.FUSE
+FuseOSError = fuse.FuseOSError
+Operations = fuse.Operations
+fuse_get_context = fuse.fuse_get_context
+LIBFUSE_MAJOR: int = int(getattr(fuse, "fuse_version_major", 2))
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BINDING",
+    "FUSE",
+    "LIBFUSE_MAJOR",
+    "FuseOSError",
+    "Invalidator",
+    "OverlayFUSE",
+    "Operations",
+    "fuse_get_context",
+    "overrides",
+]
+
+
+def overrides(parent: type) -> Callable[[F], F]:
+    """Check that the decorated handler exists in *parent* (mfusepy's ``overrides``)."""
+    real = getattr(fuse, "overrides", None)
+    if real is not None:
+        return real(parent)  # type: ignore[no-any-return]
+
+    def check(method: F) -> F:
+        if not callable(getattr(parent, method.__name__, None)):
+            raise TypeError(f"{method.__name__} does not override a {parent.__name__} method")
+        return method
+
+    return check
+
+
+def _timespec_ns(ts: Any) -> int | None:
+    """Nanoseconds of a ``struct timespec``; None for UTIME_OMIT."""
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    if ts.tv_nsec == UTIME_NOW:
+        return time.time_ns()
+    return int(ts.tv_sec) * 1_000_000_000 + int(ts.tv_nsec)
+
+
+class OverlayFUSE(FUSE):  # type: ignore[misc,valid-type]
+    """``FUSE`` with rename flags, exact ``utimens`` special values, READDIRPLUS, per-handle
+    ``direct_io``, and the file handle of ``ftruncate``/``fchmod``/``fchown``/``futimens``
+    (libfuse passes no path for them with ``nullpath_ok``)."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        ops = self.operations
+        return ops.rename(  # type: ignore[no-any-return]
+            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
+        )
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        """READDIRPLUS: libfuse looks every entry up (our ``getattr``) while it lists the
+        directory, so the kernel needs no LOOKUP round trip per entry afterwards."""
+        plus = getattr(self.operations, "readdir_plus", None)
+        if not flags & 1 or plus is None:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
+        st = fuse.c_stat()
+        for name, ino, mode in plus(self._name(path), fip.contents.fh):
+            st.st_ino, st.st_mode = ino, mode
+            if filler(buf, name.encode(self.encoding, self.errors), st, 0, 2) != 0:
+                break
+        return 0
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        """``getattr`` filling ``struct stat`` field by field (mfusepy loops over a dict)."""
+        fh = fip.contents.fh if fip else None
+        a = self.operations.getattr(self._name(path), fh)
+        st = buf.contents
+        st.st_dev = 0
+        st.st_ino = a["st_ino"]
+        st.st_nlink = a["st_nlink"]
+        st.st_mode = a["st_mode"]
+        st.st_uid = a["st_uid"]
+        st.st_gid = a["st_gid"]
+        st.st_rdev = a["st_rdev"]
+        st.st_size = a["st_size"]
+        st.st_blksize = a["st_blksize"]
+        st.st_blocks = a["st_blocks"]
+        st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a["st_atime"], 1_000_000_000)
+        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a["st_mtime"], 1_000_000_000)
+        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a["st_ctime"], 1_000_000_000)
+        return 0
+
+    def open(self, path: bytes, fip: Any) -> int:
+        """``open`` that lets the operations ask for ``direct_io`` on one file handle."""
+        fi = fip.contents
+        ops = self.operations
+        fi.fh = ops.open(self._name(path), fi.flags)
+        direct = getattr(ops, "wants_direct_io", None)
+        if direct is not None and direct(fi.fh):
+            fi.direct_io = 1
+        return 0
+
+    def _name(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return int(fip.contents.fh) if fip else None
+
+    def utimens_fuse_2(self, path: bytes | None, buf: Any) -> int:
+        return self.utimens_fuse_3(path, buf, None)
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            times = (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime))
+        ops = self.operations
+        return ops.utimens(self._name(path), times, self._fh(fip))  # type: ignore[no-any-return]
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(  # type: ignore[no-any-return]
+            self._name(path), length, self._fh(fip)
+        )
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(  # type: ignore[no-any-return]
+            self._name(path), mode, self._fh(fip)
+        )
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(  # type: ignore[no-any-return]
+            self._name(path), uid, gid, self._fh(fip)
+        )
+
+
+class Invalidator:
+    """Drops the kernel's cached attributes and pages of other names of a hard-linked inode.
+
+    libfuse's high-level API gives every name its own kernel inode, so a change through one
+    name of a hard link is not seen through the others until their cache expires.  The
+    notifications are sent from a helper thread: a handler must not wait for the kernel while
+    the kernel waits for that handler.
+    """
+
+    def __init__(self) -> None:
+        self._fuse: ctypes.c_void_p | None = None
+        self._queue: queue.SimpleQueue[tuple[bytes, threading.Event]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        libfuse = getattr(fuse, "_libfuse", None)
+        self._call = getattr(libfuse, "fuse_invalidate_path", None) if LIBFUSE_MAJOR == 3 else None
+
+    def bind(self) -> None:
+        """Remember the ``struct fuse``; call from inside a handler (``init``)."""
+        if self._call is None:
+            return
+        self._fuse = ctypes.c_void_p(fuse._libfuse.fuse_get_context().contents.fuse)
+        self._call.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._call.restype = ctypes.c_int
+
+    def invalidate(self, path: str, wait: float = 0.05) -> None:
+        """Invalidate *path*; wait up to *wait* seconds so the caller's next call sees it.
+
+        The wait is bounded: should the kernel need this very thread first, it goes on.
+        """
+        if self._fuse is None:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fuse-invalidate", daemon=True)
+            self._thread.start()
+        done = threading.Event()
+        self._queue.put((path.encode("utf-8", "surrogateescape"), done))
+        done.wait(wait)
+
+    def _run(self) -> None:
+        assert self._call is not None
+        while True:
+            path, done = self._queue.get()
+            result = self._call(self._fuse, path)
+            done.set()
+            if result not in (0, -2):  # -ENOENT: the name went away meanwhile
+                logger.debug("fuse_invalidate_path(%r) = %d", path, result)
