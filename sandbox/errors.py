@@ -41,12 +41,25 @@ class SandboxError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle with every attribute (hint, member...): errors cross the user-namespace
+        helper's pipe, and keyword-only constructors cannot be rebuilt from ``args`` alone."""
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
     def one_line(self) -> str:
         """The message and hint as the single line the front ends print."""
         text = " ".join(self.message.split())
         if self.hint:
             text = f"{text} ({' '.join(self.hint.split())})"
         return text
+
+
+def _restore_error(cls: type[SandboxError], args: tuple[object, ...],
+                   state: dict[str, object]) -> SandboxError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class UsageError(SandboxError):

@@ -13,6 +13,7 @@ refers to them: pull, load, import; exclusive for garbage collection), then ``in
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -20,9 +21,10 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-from sandbox.errors import DigestMismatch, ImageNotFound, SandboxError, StoreError
+from sandbox._image_layers import import_layer, remove_dirs, unpack_layers
+from sandbox.errors import ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store
 
 __all__ = ["Image", "ImageStore", "HOST_IMAGE", "REF_ANNOTATION", "chain_ids", "host_arch",
@@ -136,7 +138,7 @@ class ImageStore:
         self.store = store
 
     # -- lookup -------------------------------------------------------------------------------
-    def _entries(self) -> list[dict[str, Any]]:
+    def _entries(self) -> builtins.list[dict[str, Any]]:
         return list(self.store.load_index().get("manifests", []))
 
     def _load(self, manifest_digest: str, names: tuple[str, ...],
@@ -148,8 +150,8 @@ class ImageStore:
                      config=config, layers=tuple(manifest.get("layers", [])),
                      repo_digests=repo_digests)
 
-    def list(self) -> list[Image]:
-        by_manifest: dict[str, tuple[list[str], list[str]]] = {}
+    def list(self) -> builtins.list[Image]:
+        by_manifest: dict[str, tuple[builtins.list[str], builtins.list[str]]] = {}
         for entry in self._entries():
             names, repo_digests = by_manifest.setdefault(entry["digest"], ([], []))
             name, repo_digest = _name_of(entry), _repo_digest_of(entry)
@@ -206,16 +208,16 @@ class ImageStore:
                             hint=f"pull it with `sandbox pull {ref}` or import it")
 
     # -- writing ------------------------------------------------------------------------------
-    def add(self, manifest_bytes: bytes, names: list[str], *,
-            repo_digests: list[str] | None = None, media_type: str = MANIFEST_MEDIA_TYPE
+    def add(self, manifest_bytes: bytes, names: builtins.list[str], *,
+            repo_digests: builtins.list[str] | None = None, media_type: str = MANIFEST_MEDIA_TYPE
             ) -> Image:
         """Record an image whose config and layer blobs are in the store (the manifest blob is
         written here). ``names`` move to it from any other image; an image left without a name
         stays, untagged (``<none>``), as Docker's do."""
-        digest = self.store.put_blob(manifest_bytes)
         names = [_normalise(n) for n in names]
         repo_digests = list(repo_digests or [])
-        with self.store.lock("index"):
+        with self.store.lock("index"):  # (gc holds it too: the new blob is not collected)
+            digest = self.store.put_blob(manifest_bytes)
             index = self.store.load_index()
             entries = index["manifests"]
             kept = [e for e in entries if _name_of(e) not in names and e["digest"] != digest]
@@ -225,13 +227,15 @@ class ImageStore:
             known_rds = [r for r in (_repo_digest_of(e) for e in mine) if r]
             new = self._entries_for(base, [*names, *known_names],
                                     list(dict.fromkeys([*repo_digests, *known_rds])))
-            index["manifests"] = self._keep_dangling(entries, kept + new)
+            config_digest = json.loads(manifest_bytes)["config"]["digest"]
+            index["manifests"] = self._keep_dangling(entries, kept + new,
+                                                     same_config=config_digest, store=self.store)
             self.store.save_index(index)
         return self.get_by_manifest(digest)
 
     @staticmethod
-    def _entries_for(base: dict[str, Any], names: list[str],
-                     repo_digests: list[str]) -> list[dict[str, Any]]:
+    def _entries_for(base: dict[str, Any], names: builtins.list[str],
+                     repo_digests: builtins.list[str]) -> builtins.list[dict[str, Any]]:
         """One entry per name (carrying its repository's digest), then leftover digests."""
         out = []
         used: set[str] = set()
@@ -248,11 +252,21 @@ class ImageStore:
         return out or [dict(base)]
 
     @staticmethod
-    def _keep_dangling(before: list[dict[str, Any]],
-                       after: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Images that lost their last name stay, untagged (``<none>``), as Docker's do."""
+    def _keep_dangling(before: builtins.list[dict[str, Any]],
+                       after: builtins.list[dict[str, Any]], *, same_config: str = "",
+                       store: Store | None = None) -> builtins.list[dict[str, Any]]:
+        """Images that lost their last name stay, untagged (``<none>``), as Docker's do, unless
+        the name moved to another manifest of the same image (same config: same image id)."""
         left = {e["digest"] for e in after}
         for entry in before:
+            if entry["digest"] not in left and same_config and store is not None:
+                try:
+                    config = json.loads(store.read_blob(entry["digest"]))["config"]["digest"]
+                except (StoreError, ValueError, KeyError, TypeError):
+                    config = ""
+                if config == same_config:
+                    left.add(entry["digest"])
+                    continue
             if entry["digest"] not in left:
                 left.add(entry["digest"])
                 after.append({k: v for k, v in entry.items() if k != "annotations"})
@@ -292,7 +306,7 @@ class ImageStore:
             self.store.save_index(index)
 
     def remove(self, ref: str, *, force: bool = False,
-               in_use: set[str] | None = None, gc: bool = True) -> list[str]:
+               in_use: set[str] | None = None, gc: bool = True) -> builtins.list[str]:
         """``rmi``: untag a name, or delete an image by id; returns Docker-style lines."""
         image = self.get(ref)
         if image.builtin:
@@ -323,12 +337,12 @@ class ImageStore:
         return out
 
     def prune(self, *, all_images: bool = False, in_use: set[str] | None = None
-              ) -> tuple[list[str], int]:
+              ) -> tuple[builtins.list[str], int]:
         """``image prune``: dangling images (all unused ones with ``all_images``) not used by a
         container. Returns (Docker-style lines, bytes reclaimed)."""
         in_use = in_use or set()
         before = self._footprint()
-        lines: list[str] = []
+        lines: builtins.list[str] = []
         for image in self.list():
             if image.id in in_use or not (all_images or image.dangling):
                 continue
@@ -342,7 +356,7 @@ class ImageStore:
         return lines, max(0, before - self._footprint())
 
     # -- layers -------------------------------------------------------------------------------
-    def layer_dirs(self, image: Image) -> list[str]:
+    def layer_dirs(self, image: Image) -> builtins.list[str]:
         """The unpacked layer dirs of ``image``, top-most first, unpacking missing ones."""
         self.unpack(image)
         return [self.store.layer_diff(c) for c in reversed(image.chain_ids)]
@@ -360,7 +374,7 @@ class ImageStore:
         if missing:
             from sandbox.runtime.userns import run_in_userns
 
-            run_in_userns(_unpack_layers, self.store.root,
+            run_in_userns(unpack_layers, self.store.root,
                           [(chains[i], image.layers[i]["digest"], diff_ids[i],
                             chains[i - 1] if i else None) for i in missing])
         return len(missing)
@@ -372,12 +386,12 @@ class ImageStore:
             from sandbox.runtime.userns import run_in_userns
 
             try:
-                run_in_userns(_remove_dirs, self.store.root, left)
+                run_in_userns(remove_dirs, self.store.root, left)
             except SandboxError:
                 pass
 
-    def import_rootfs(self, src: str, names: list[str], *, changes: dict[str, Any] | None = None,
-                      message: str = "") -> Image:
+    def import_rootfs(self, src: str, names: builtins.list[str], *,
+                      changes: dict[str, Any] | None = None, message: str = "") -> Image:
         """``sandbox import``: a rootfs tarball or directory becomes a one-layer image."""
         if not os.path.exists(src):
             raise SandboxError(f"cannot import {src}: no such file or directory")
@@ -385,7 +399,7 @@ class ImageStore:
 
         self.store.ensure()
         with self.store.lock("gc", shared=True):
-            diff_id, digest, size, media_type = run_in_userns(_import_layer, self.store.root,
+            diff_id, digest, size, media_type = run_in_userns(import_layer, self.store.root,
                                                               os.path.abspath(src))
             created = _now()
             run_cfg: dict[str, Any] = {"Env": [f"PATH={DEFAULT_PATH}"]}
@@ -411,7 +425,7 @@ class ImageStore:
     def unpacked_size(self, image: Image) -> int:
         """Docker's image SIZE: bytes of the unpacked layers (compressed size until unpacked)."""
         total = 0
-        for chain, layer in zip(image.chain_ids, image.layers):
+        for chain, layer in zip(image.chain_ids, image.layers, strict=False):
             total += self.store.layer_size(chain) if self.store.has_layer(chain) \
                 else int(layer.get("size", 0))
         return total
@@ -450,7 +464,7 @@ class ImageStore:
             if dead_layers:
                 from sandbox.runtime.userns import run_in_userns
 
-                run_in_userns(_remove_dirs, self.store.root,
+                run_in_userns(remove_dirs, self.store.root,
                               [self.store.layer_dir(c) for c in dead_layers])
         return len(dead_blobs), len(dead_layers)
 
@@ -511,122 +525,3 @@ def _layer_in_use(store: Store, chain_id: str) -> bool:
         if diff in cfg.get("rootfs", {}).get("lowers", []):
             return True
     return False
-
-
-# -- run inside the user namespace (module-level: picklable for the spawned helper) ----------
-
-def _owner_policy() -> str:
-    from sandbox.runtime.idmap import detect_mapping
-
-    return "chown" if detect_mapping().mode == "subuid" else "xattr"
-
-
-def _finish_layer(store: Store, tmp: str, chain_id: str, diff_id: str, parent: str | None,
-                  stats: Any) -> None:
-    meta = {"chain_id": chain_id, "diff_id": diff_id, "parent": parent,
-            "created": _now(), "size": int(getattr(stats, "bytes", 0) or 0),
-            "stats": getattr(stats, "__dict__", None) or str(stats)}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f)
-    try:
-        os.rename(tmp, store.layer_dir(chain_id))
-    except OSError:
-        if store.has_layer(chain_id):  # another process won the race: same content
-            store.rm_rf(tmp)
-        else:
-            raise
-
-
-class _HashingReader:
-    """Hashes what is read through it (the uncompressed layer, for its diff id)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hash.update(data)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> str:
-        while self.read(1 << 20):
-            pass
-        return "sha256:" + self.hash.hexdigest()
-
-
-def _unpack_one(store: Store, digest: str, diff_id: str, dest: str, owners: str) -> Any:
-    from sandbox import layers
-
-    with store.open_blob(digest) as f:
-        raw = layers.open_decompressed(f)
-        try:
-            hashed = _HashingReader(raw)
-            stats = layers.unpack_layer(hashed, dest, owners=owners)  # type: ignore[arg-type]
-            actual = hashed.drain()
-        finally:
-            raw.close()
-    if actual != diff_id:
-        raise DigestMismatch(f"layer {digest[7:19]} unpacks to {actual}, but the image "
-                             f"config says {diff_id}", hint="the image is corrupt; remove it "
-                                                            "and pull it again")
-    return stats
-
-
-def _unpack_layers(root: str, todo: list[tuple[str, str, str, str | None]]) -> None:
-    store = Store(root).ensure()
-    owners = _owner_policy()
-    for chain_id, digest, diff_id, parent in todo:
-        with store.lock(f"layer-{chain_id[7:]}"):
-            if store.has_layer(chain_id):
-                continue
-            tmp = store.mkdtemp(suffix=".layer")
-            try:
-                os.mkdir(os.path.join(tmp, "diff"), 0o755)
-                stats = _unpack_one(store, digest, diff_id, os.path.join(tmp, "diff"), owners)
-                _finish_layer(store, tmp, chain_id, diff_id, parent, stats)
-            except BaseException:
-                store.rm_rf(tmp)
-                raise
-
-
-def _import_layer(root: str, src: str) -> tuple[str, str, int, str]:
-    from sandbox import layers
-
-    store = Store(root).ensure()
-    tmp = store.mkdtemp(suffix=".layer")
-    fd, blob_tmp = store.mkstemp(suffix=".blob")
-    try:
-        diff = os.path.join(tmp, "diff")
-        os.mkdir(diff, 0o755)
-        stats = layers.import_rootfs(src, diff, owners=_owner_policy())  # type: ignore[arg-type]
-        with os.fdopen(fd, "wb") as out:
-            digests = layers.write_layer(diff, out, compression="gzip")
-        os.chmod(blob_tmp, 0o644)
-        os.replace(blob_tmp, store.blob_path(digests.digest))
-        chain_id = digests.diff_id
-        with store.lock(f"layer-{chain_id[7:]}"):
-            if store.has_layer(chain_id):
-                store.rm_rf(tmp)
-            else:
-                _finish_layer(store, tmp, chain_id, digests.diff_id, None, stats)
-        return digests.diff_id, digests.digest, digests.size, digests.media_type
-    except BaseException:
-        store.rm_rf(tmp)
-        if os.path.exists(blob_tmp):
-            os.unlink(blob_tmp)
-        raise
-
-
-def _remove_dirs(root: str, paths: list[str]) -> None:
-    store = Store(root)
-    for path in paths:
-        store.rm_rf(path)

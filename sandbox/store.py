@@ -18,22 +18,66 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
+import time
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 from sandbox.errors import DigestMismatch, StoreError
 
-__all__ = ["Store", "default_root", "rm_rf", "STORE_VERSION"]
+__all__ = ["Store", "default_root", "rm_rf", "disk_usage", "STORE_VERSION"]
 
 STORE_VERSION = "1"
 _CHUNK = 1 << 20
+_TMP_STALE_AGE = 24 * 3600  # a tmp entry without a live creator is stale; this is the fallback
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tmp_prefix() -> str:
+    """Temp names start with the creator's pid, so ``clean_tmp`` can tell stale from in use."""
+    return f"p{os.getpid()}-"
+
+
+def disk_usage(path: str) -> int:
+    """Bytes used by ``path`` (allocated blocks, hard links counted once; unreadable dirs
+    are skipped, as ``du`` does with a warning)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return total
 
 
 def default_root() -> str:
@@ -75,6 +119,8 @@ def _on_rm_error(func: Any, path: str, exc: Any) -> None:
 
 
 def _rmtree(path: str) -> None:
+    import shutil
+
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=_on_rm_error)
     else:
@@ -181,17 +227,59 @@ class Store:
 
     # -- atomic writes ------------------------------------------------------------------------
     def mkstemp(self, suffix: str = "") -> tuple[int, str]:
+        import tempfile
+
         self.ensure()
-        return tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
+        return tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix, prefix=_tmp_prefix())
 
     def mkdtemp(self, suffix: str = "") -> str:
+        import tempfile
+
         self.ensure()
-        return tempfile.mkdtemp(dir=self.tmp_dir, suffix=suffix)
+        return tempfile.mkdtemp(dir=self.tmp_dir, suffix=suffix, prefix=_tmp_prefix())
+
+    def stale_tmp(self, *, max_age: float = _TMP_STALE_AGE) -> list[str]:
+        """Entries of ``tmp/`` left by dead processes (interrupted pulls, SIGKILL), or older
+        than ``max_age`` seconds when the creator is unknown. Entries of live processes (another
+        pytest-xdist worker pulling right now) are never stale."""
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        stale = []
+        for name in names:
+            path = os.path.join(self.tmp_dir, name)
+            pid_text = name[1:].partition("-")[0] if name.startswith("p") else ""
+            if pid_text.isdigit():
+                if not _pid_alive(int(pid_text)):
+                    stale.append(path)
+                continue
+            try:
+                if now - os.lstat(path).st_mtime > max_age:
+                    stale.append(path)
+            except FileNotFoundError:
+                continue
+        return stale
+
+    def clean_tmp(self, *, max_age: float = _TMP_STALE_AGE) -> list[str]:
+        """Remove stale ``tmp/`` entries; returns those that could not be removed here (files
+        owned by subordinate uids: remove them inside the user namespace)."""
+        left = []
+        for path in self.stale_tmp(max_age=max_age):
+            try:
+                self.rm_rf(path)
+            except OSError:
+                left.append(path)
+            else:
+                if os.path.lexists(path):
+                    left.append(path)
+        return left
 
     def atomic_write(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write ``data`` to ``path`` through a temp file in the same directory and rename."""
-        directory = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -233,10 +321,27 @@ class Store:
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes as a blob; returns its digest."""
+        import hashlib
+
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has_blob(digest):
             self.ingest_blob(digest, [data], size=len(data))
         return digest
+
+    @contextlib.contextmanager
+    def blob_lock(self, digest: str) -> Iterator[None]:
+        """Held while a blob is fetched, so concurrent pulls download it once."""
+        with self.lock(f"blob-{_hex(digest)}"):
+            yield
+
+    def ingest_blob_once(self, digest: str, chunks: Iterable[bytes], *,
+                         size: int | None = None) -> None:
+        """``ingest_blob`` under the blob's lock, skipped (``chunks`` never read, so nothing is
+        downloaded) when another process stored the blob while this one waited."""
+        with self.blob_lock(digest):
+            if self.has_blob(digest):
+                return
+            self.ingest_blob(digest, chunks, size=size)
 
     def ingest_blob(self, digest: str, chunks: Iterable[bytes], *, size: int | None = None) -> None:
         """Stream ``chunks`` to a temp file, verifying size and digest, then rename into place.
@@ -244,6 +349,8 @@ class Store:
         Safe to call concurrently for one digest: whichever rename lands last wins with the same
         content; a reader never sees a partial blob.
         """
+        import hashlib
+
         target = self.blob_path(digest)
         fd, tmp = self.mkstemp(suffix=".blob")
         h = hashlib.sha256()
@@ -278,6 +385,8 @@ class Store:
 
     def ingest_file(self, src: BinaryIO) -> tuple[str, int]:
         """Copy an already-open stream into the store; returns (digest, size)."""
+        import hashlib
+
         fd, tmp = self.mkstemp(suffix=".blob")
         h = hashlib.sha256()
         size = 0
@@ -291,6 +400,13 @@ class Store:
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.blob_path(digest))
             return digest, size
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(f"no space left on the device of {self.root}",
+                                 hint="free some space, then retry") from None
+            raise
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -334,6 +450,21 @@ class Store:
         for name in names:
             if len(name) == 64:
                 yield "sha256:" + name
+
+    def blobs_size(self, digests: Iterable[str]) -> int:
+        total = 0
+        for digest in digests:
+            with contextlib.suppress(OSError):
+                total += self.blob_size(digest)
+        return total
+
+    def layer_size(self, chain_id: str) -> int:
+        """Bytes of an unpacked layer: from its meta.json (recorded at unpack), else ``du``."""
+        try:
+            meta = self.read_json(os.path.join(self.layer_dir(chain_id), "meta.json"))
+            return int(meta["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return disk_usage(self.layer_diff(chain_id))
 
     def iter_containers(self) -> Iterator[str]:
         try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sandbox.cli._args import Parser, parse
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, UsageError
 
 __all__ = ["main", "human_size", "human_ago"]
 
@@ -33,8 +35,8 @@ def human_ago(created: str | float) -> str:
         except ValueError:
             return "N/A"
     else:
-        ts = created
-    delta = max(0, time.time() - ts)
+        ts = int(created)
+    delta = max(0.0, time.time() - ts)
     for secs, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"),
                        (86400, "day"), (3600, "hour"), (60, "minute")):
         if delta >= secs:
@@ -111,30 +113,122 @@ def _changes(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _in_use(engine: Any) -> dict[str, str]:
+    """image id -> status of a container using it (running wins)."""
+    used: dict[str, str] = {}
+    for cid in engine.store.iter_containers():
+        try:
+            image_id = engine.load_config(cid)["spec"]["image_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        status = _container_status(engine.store, cid)
+        if used.get(image_id) != "running":
+            used[image_id] = status
+    return used
+
+
+def _container_status(store: Any, cid: str) -> str:
+    import os
+
+    try:
+        return str(store.read_json(os.path.join(store.container_dir(cid), "state.json"))
+                   .get("status", "created"))
+    except (OSError, ValueError, AttributeError):
+        return "created"
+
+
+def _match_reference(pattern: str, repo: str, tag: str) -> bool:
+    import fnmatch
+
+    if ":" in pattern.rpartition("/")[2]:
+        return fnmatch.fnmatchcase(f"{repo}:{tag}", pattern)
+    return fnmatch.fnmatchcase(repo, pattern)
+
+
+_FILTER_KEYS = ("dangling", "reference", "label", "before", "since")
+
+
+def _image_filter(filters: list[str], engine: Any) -> Callable[[Any, str, str], bool]:
+    """Docker's ``--filter`` for images, as one predicate over (image, repository, tag)."""
+    parsed: list[tuple[str, str]] = []
+    for item in filters:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"bad format of filter (expected name=value): {item}")
+        if key not in _FILTER_KEYS:
+            raise UsageError(f"invalid filter '{key}'",
+                             hint="use dangling, reference, label, before or since")
+        if key == "dangling" and value not in ("true", "false", "1", "0"):
+            raise UsageError(f"invalid filter 'dangling={value}'",
+                             hint="use dangling=true or dangling=false")
+        if key in ("before", "since"):
+            value = engine.images.get(value).created
+        parsed.append((key, value))
+
+    def passes(img: Any, repo: str, tag: str) -> bool:
+        labels = img.run_config.get("Labels") or {}
+        for key, value in parsed:
+            if key == "dangling" and img.dangling != (value in ("true", "1")):
+                return False
+            if key == "reference" and not _match_reference(value, repo, tag):
+                return False
+            if key == "label":
+                k, has, v = value.partition("=")
+                if k not in labels or (has and labels.get(k) != v):
+                    return False
+            if key == "before" and not img.created < value:
+                return False
+            if key == "since" and not img.created > value:
+                return False
+        return True
+
+    return passes
+
+
+def _repo_of(repo_digest: str) -> str:
+    return _split_name(repo_digest.partition("@")[0] + ":x")[0]
+
+
+def _image_rows(engine: Any, args: Any) -> list[dict[str, str]]:
+    keep = _image_filter(args.filter, engine)
+    rows = []
+    images = sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
+    for image in images:
+        pairs = [_split_name(n) for n in image.names] or [("<none>", "<none>")]
+        if not image.names and image.repo_digests:
+            pairs = [(_repo_of(r), "<none>") for r in image.repo_digests]
+        digests = {_repo_of(r): r.partition("@")[2] for r in image.repo_digests}
+        size = human_size(engine.images.unpacked_size(image))
+        for repo, tag in pairs:
+            if args.repository and not _match_reference(args.repository, repo, tag) and \
+                    args.repository not in (repo, f"{repo}:{tag}"):
+                continue
+            if not keep(image, repo, tag):
+                continue
+            short = image.id if args.no_trunc else image.id[7:19]
+            rows.append({"Repository": repo, "Tag": tag, "ID": short,
+                         "Digest": digests.get(repo, "<none>"),
+                         "CreatedSince": human_ago(image.created), "CreatedAt": image.created,
+                         "Size": size, "Containers": "N/A", "SharedSize": "N/A",
+                         "UniqueSize": "N/A", "VirtualSize": size})
+    return rows
+
+
 def cmd_images(argv: list[str]) -> int:
     p = Parser("images", "List images", usage="sandbox images [OPTIONS] [REPOSITORY[:TAG]]")
     p.add_argument("-a", "--all", action="store_true", help="Show all images")
     p.add_argument("-q", "--quiet", action="store_true", help="Only show image IDs")
     p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
     p.add_argument("--digests", action="store_true", help="Show digests")
-    p.add_argument("--format", default="", help="json, or a {{.Field}} template")
+    p.add_argument("-f", "--filter", action="append", default=[],
+                   help="Filter output (dangling=true, reference=PATTERN, label=, before=, "
+                        "since=)")
+    p.add_argument("--format", default="", help="json, table, or a Go-style {{.Field}} template")
     p.add_argument("repository", nargs="?")
     args = parse(p, argv)
     from sandbox.containers import Engine
 
-    engine = Engine()
-    rows = []
-    for image in engine.images.list():
-        names = image.names or ("<none>:<none>",)
-        for name in names:
-            repo, tag = _split_name(name) if name != "<none>:<none>" else ("<none>", "<none>")
-            if args.repository and args.repository not in (repo, f"{repo}:{tag}", name):
-                continue
-            short = image.id if args.no_trunc else image.id[7:19]
-            rows.append({"Repository": repo, "Tag": tag, "ID": short,
-                         "Digest": image.manifest_digest,
-                         "CreatedSince": human_ago(image.created), "CreatedAt": image.created,
-                         "Size": human_size(image.size)})
+    rows = _image_rows(Engine(), args)
     if args.quiet:
         seen: list[str] = []
         for row in rows:
@@ -142,32 +236,79 @@ def cmd_images(argv: list[str]) -> int:
                 seen.append(row["ID"])
         sys.stdout.write("".join(i + "\n" for i in seen))
         return 0
-    if args.format:
-        sys.stdout.write("".join(_format(args.format, row) + "\n" for row in rows))
-        return 0
     cols = ["Repository", "Tag"] + (["Digest"] if args.digests else []) + \
         ["ID", "CreatedSince", "Size"]
     heads = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
              "CreatedSince": "CREATED", "Size": "SIZE"}
-    sys.stdout.write(table([heads[c] for c in cols], [[r[c] for c in cols] for r in rows]))
+    sys.stdout.write(render(args.format, rows, [heads[c] for c in cols], cols))
     return 0
 
 
-def _format(fmt: str, row: dict[str, str]) -> str:
+def render(fmt: str, rows: list[dict[str, Any]], headers: list[str], cols: list[str]) -> str:
+    """Docker's ``--format``: ``json`` (one object a line), ``table [TEMPLATE]``, a template,
+    or the default table of ``cols``."""
     if fmt == "json":
-        return json.dumps(row)
-    out = fmt
-    for key, value in row.items():
-        out = out.replace("{{." + key + "}}", value).replace("{{ ." + key + " }}", value)
-    return out
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    if fmt and fmt != "table":
+        if fmt.startswith("table "):
+            template = fmt[6:]
+            head = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", lambda m: _header(m.group(1)), template)
+            lines = [fill_template(head, {})] + [fill_template(template, row) for row in rows]
+            return _tabs_to_columns(lines)
+        return "".join(fill_template(fmt, row) + "\n" for row in rows)
+    return table(headers, [[str(r[c]) for c in cols] for r in rows])
+
+
+def _header(field: str) -> str:
+    return {"ID": "IMAGE ID", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+            "CreatedBy": "CREATED BY"}.get(field, re.sub(r"(?<!^)(?=[A-Z])", " ", field).upper())
+
+
+def _tabs_to_columns(lines: list[str]) -> str:
+    split = [line.split("\t") for line in lines]
+    width = max(len(r) for r in split)
+    split = [r + [""] * (width - len(r)) for r in split]
+    return table(split[0], split[1:])
+
+
+def _go_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_value(v)}" for k, v in sorted(value.items())) + "]"
+    return str(value)
+
+
+def fill_template(fmt: str, obj: Any) -> str:
+    """A small subset of Go templates: ``{{.A.B}}``, ``{{json .A}}``, ``{{json .}}``."""
+    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
+
+    def lookup(path: str) -> Any:
+        value = obj
+        for part in [p for p in path.split(".") if p]:
+            if not isinstance(value, dict) or part not in value:
+                raise UsageError(f"template: can't evaluate field {part}",
+                                 hint="see the fields in `--format json` output")
+            value = value[part]
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        value = lookup(m.group(2))
+        return json.dumps(value) if m.group(1) else _go_value(value)
+
+    return re.sub(r"\{\{\s*(json\s+)?\.([\w.]*)\s*\}\}", sub, fmt)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Docker's column layout: left aligned, at least three spaces apart."""
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
              for r in [headers, *rows]]
     return "\n".join(lines) + "\n"
 
@@ -180,12 +321,7 @@ def cmd_rmi(argv: list[str]) -> int:
     from sandbox.containers import Engine
 
     engine = Engine()
-    in_use = set()
-    for cid in engine.store.iter_containers():
-        try:
-            in_use.add(engine.load_config(cid)["spec"]["image_id"])
-        except (OSError, ValueError, KeyError):
-            continue
+    in_use = set(_in_use(engine))
     code = 0
     for ref in args.images:
         try:
@@ -214,5 +350,9 @@ def cmd_tag(argv: list[str]) -> int:
 
 
 def main(command: str, argv: list[str]) -> int:
-    return {"import": cmd_import, "images": cmd_images, "rmi": cmd_rmi,
-            "tag": cmd_tag}[command](argv)
+    local = {"import": cmd_import, "images": cmd_images, "rmi": cmd_rmi, "tag": cmd_tag}
+    if command in local:
+        return local[command](argv)
+    from sandbox.cli import _image_info
+
+    return _image_info.main(command, argv)

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from sandbox.cli._args import Parser, parse
-from sandbox.errors import SandboxError, UsageError
+from sandbox.errors import UsageError
+
+if TYPE_CHECKING:
+    from sandbox.images import ImageStore
+    from sandbox.oci import Platform
 
 __all__ = ["main"]
 
 
-def _images():  # type: ignore[no-untyped-def]
+def _images() -> ImageStore:
     from sandbox.images import ImageStore
     from sandbox.store import Store
 
     return ImageStore(Store())
 
 
-def _pull_one(images, ref, platform, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+def _pull_one(images: ImageStore, text: str, platform: Platform | None, quiet: bool) -> None:
     from sandbox._progress import make_progress
+    from sandbox.reference import parse_reference
 
+    ref = parse_reference(text)
     out = sys.stdout
     if not quiet:
-        if ref.tag and not ref.digest and ref.tag == "latest" and ":latest" not in ref._text:
+        if parse_reference(text, default_tag=False).tag is None and not ref.digest:
             out.write("Using default tag: latest\n")
-        out.write(f"{ref.tag or ref.digest[7:19]}: Pulling from {ref.familiar_name}\n")
+        out.write(f"{ref.tag or (ref.digest or '')[7:19]}: Pulling from {ref.familiar_name}\n")
         out.flush()
-    image, changed = images.pull(ref._text, platform=platform,
+    image, changed = images.pull(text, platform=platform,
                                  progress=make_progress(out, quiet=quiet))
     if quiet:
         out.write(f"{ref}\n")
@@ -36,10 +43,6 @@ def _pull_one(images, ref, platform, quiet: bool) -> None:  # type: ignore[no-un
     out.write(f"Digest: {digest}\n")
     what = "Downloaded newer image" if changed else "Image is up to date"
     out.write(f"Status: {what} for {ref.familiar}\n{ref}\n")
-
-
-class _Ref:
-    """A parsed reference that remembers the text the user typed."""
 
 
 def cmd_pull(argv: list[str]) -> int:
@@ -64,14 +67,11 @@ def cmd_pull(argv: list[str]) -> int:
 
         with RegistryClient() as client:
             tags = client.list_tags(repo)
-        refs = [repo.with_tag(t) for t in tags]
-        texts = [str(r) for r in refs]
+        texts = [str(repo.with_tag(t)) for t in tags]
     else:
-        refs = [parse_reference(args.name)]
         texts = [args.name]
-    for ref, text in zip(refs, texts):
-        object.__setattr__(ref, "_text", text)
-        _pull_one(images, ref, platform, args.quiet)
+    for text in texts:
+        _pull_one(images, text, platform, args.quiet)
     return 0
 
 
@@ -204,7 +204,4 @@ def cmd_search(argv: list[str]) -> int:
 def main(command: str, argv: list[str]) -> int:
     handlers = {"pull": cmd_pull, "push": cmd_push, "login": cmd_login, "logout": cmd_logout,
                 "search": cmd_search}
-    try:
-        return handlers[command](argv)
-    except SandboxError:
-        raise
+    return handlers[command](argv)

@@ -1,0 +1,313 @@
+"""The image commands as a user types them: pull/push against registries, images, inspect,
+history, tag, rmi, prune, system df, login/logout, search, save/load, run of a pulled image;
+errors are one line on stderr and exit 125."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sandbox"))
+
+from imagetest_helpers import blob_gets, serve_image, store_state  # noqa: E402
+from registry_fixtures import (  # noqa: E402
+    USERS,
+    FakeRegistry,
+    Registries,
+    free_port,
+    random_image,
+)
+
+pytestmark = pytest.mark.requires_userns
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    regs = Registries(tmp_path_factory.mktemp("registries"))
+    try:
+        yield regs
+    finally:
+        regs.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    f = FakeRegistry()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+class Sandbox:
+    """``python -m sandbox`` with its own store, HOME and credentials."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        home = tmp / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "SANDBOX_ROOT": str(self.root), "HOME": str(home),
+                    "XDG_CONFIG_HOME": str(home / ".config"),
+                    "XDG_RUNTIME_DIR": str(tmp / "run"), "DOCKER_CONFIG": str(home / ".docker")}
+        for var in ("REGISTRY_AUTH_FILE", "SANDBOX_INSECURE_REGISTRIES"):
+            self.env.pop(var, None)
+
+    def __call__(self, *args: str, input: str | None = None, ok: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "sandbox", *args], input=input,
+                              capture_output=True, text=True, env=self.env, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              check=False)
+        if ok:
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc
+
+    def fails(self, *args: str, input: str | None = None, code: int = 125) -> str:
+        proc = self(*args, input=input, ok=False)
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sandbox: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+        return lines[0]
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "sandbox", *args], env=self.env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def sb(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def busybox_in_registry(registries: Registries, busybox_tar: Path,
+                        tmp_path_factory: pytest.TempPathFactory) -> str:
+    """busybox imported, plus a second layer, pushed with our push: returns its reference."""
+    reg = registries.anon()
+    sb = Sandbox(tmp_path_factory.mktemp("pusher"))
+    ref = f"{reg.host}/test/busybox:1"
+    sb("import", "-c", "CMD [\"/bin/sh\"]", str(busybox_tar), ref)
+    sb("push", ref)
+    return ref
+
+
+def test_pull_run_and_pull_again(sb: Sandbox, busybox_in_registry: str) -> None:
+    ref = busybox_in_registry
+    out = sb("pull", ref).stdout
+    assert "Status: Downloaded newer image" in out and out.endswith(ref + "\n")
+    assert "Digest: sha256:" in out
+    run = sb("run", "--rm", ref, "sh", "-c", "echo ran-$((40+2))")
+    assert run.stdout.strip() == "ran-42"
+    again = sb("pull", ref).stdout
+    assert "Status: Image is up to date" in again
+    assert sb("pull", "-q", ref).stdout == ref + "\n"
+
+
+def test_images_listing_shapes(sb: Sandbox, busybox_in_registry: str) -> None:
+    ref = busybox_in_registry
+    sb("pull", "-q", ref)
+    sb("tag", ref, "local/alias:v2")
+    table = sb("images", "--digests").stdout.splitlines()
+    assert table[0].split()[:4] == ["REPOSITORY", "TAG", "DIGEST", "IMAGE"]
+    row = next(r for r in table if r.startswith(ref.rpartition(":")[0]))
+    assert "sha256:" in row.split()[2]
+    fmt = sb("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert sorted(fmt) == sorted([ref, "local/alias:v2"])
+    assert sb("images", "--filter", "reference=local/*").stdout.count("\n") == 2
+    assert sb("images", "--filter", "dangling=true", "-q").stdout == ""
+    rows = [json.loads(line) for line in sb("images", "--format", "json").stdout.splitlines()]
+    assert {r["Tag"] for r in rows} == {"1", "v2"}
+    assert len(set(sb("images", "-q").stdout.split())) == 1
+    assert "invalid filter" in sb.fails("images", "--filter", "colour=blue")
+
+
+def test_inspect_and_history(sb: Sandbox, busybox_in_registry: str) -> None:
+    ref = busybox_in_registry
+    sb("pull", "-q", ref)
+    (obj,) = json.loads(sb("image", "inspect", ref).stdout)
+    for key in ("Id", "RepoTags", "RepoDigests", "Created", "Config", "Architecture", "Os",
+                "Size", "RootFS", "GraphDriver", "Metadata"):
+        assert key in obj
+    assert obj["RepoTags"] == [ref] and obj["RepoDigests"][0].startswith(
+        ref.rpartition(":")[0] + "@sha256:")
+    assert obj["Config"]["Cmd"] == ["/bin/sh"] and obj["RootFS"]["Type"] == "layers"
+    assert sb("image", "inspect", "-f", "{{.Os}}/{{json .Config.Cmd}}", ref).stdout == \
+        'linux/["/bin/sh"]\n'
+    hist = sb("history", ref).stdout.splitlines()
+    assert hist[0].split() == ["IMAGE", "CREATED", "CREATED", "BY", "SIZE", "COMMENT"]
+    assert hist[1].startswith(obj["Id"][7:19])
+    line = sb.fails("image", "inspect", "no/such:image", code=1)  # as Docker: exit 1
+    assert "unable to find image" in line
+
+
+def test_rmi_and_prune_and_system_df(sb: Sandbox, busybox_in_registry: str) -> None:
+    ref = busybox_in_registry
+    sb("pull", "-q", ref)
+    df = sb("system", "df").stdout.splitlines()
+    assert df[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    assert df[1].split()[:3] == ["Images", "1", "0"]
+    sb("tag", ref, "keep/me:1")
+    assert sb("rmi", "keep/me:1").stdout == "Untagged: keep/me:1\n"
+    assert "Deleted: sha256:" in sb("rmi", "-f", ref).stdout
+    state = store_state(sb.root)
+    assert state["blobs"] == [] and state["layers"] == [] and state["names"] == []
+    sb("pull", "-q", ref)
+    out = sb("image", "prune", "-a", "-f").stdout
+    assert "Deleted Images:" in out and "Total reclaimed space:" in out
+    assert store_state(sb.root)["layers"] == []
+    assert "Total reclaimed space: 0B" in sb("image", "prune", "-f").stdout
+
+
+def test_push_with_skopeo_made_image_and_cross_repo_mount(sb: Sandbox, registries: Registries,
+                                                          busybox_in_registry: str,
+                                                          tmp_path: Path) -> None:
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo not installed")
+    reg = registries.anon()
+    sb("pull", "-q", busybox_in_registry)
+    saved = tmp_path / "bb.tar"
+    sb("save", "-o", str(saved), busybox_in_registry)
+    skopeo_ref = f"{reg.host}/skopeo/busybox:s"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false",
+                    f"docker-archive:{saved}", f"docker://{skopeo_ref}"], check=True,
+                   capture_output=True)
+    other = Sandbox(tmp_path / "other")
+    other("pull", "-q", skopeo_ref)
+    assert other("run", "--rm", skopeo_ref, "cat", "/etc/os-release").stdout.startswith("NAME=")
+    sb("tag", busybox_in_registry, f"{reg.host}/mounted/busybox:m")
+    out = sb("push", f"{reg.host}/mounted/busybox:m").stdout
+    assert "Mounted from test/busybox" in out and ": digest: sha256:" in out
+
+
+def test_concurrent_pulls_download_each_blob_once(sb: Sandbox, fake: FakeRegistry) -> None:
+    img = random_image([300_000, 200_000, 100_000], seed=7)
+    counts: dict[str, int] = {}
+    serve_image(fake, "shared/img", img, delay=0.3, counts=counts)
+    procs = [sb.popen("pull", "-q", f"{fake.host}/shared/img") for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    layers = [d["digest"] for d in json.loads(img.manifest)["layers"]]
+    assert all(counts.get(d) == 1 for d in layers), counts
+    state = store_state(sb.root)
+    assert state["tmp"] == [] and state["names"] == [f"{fake.host}/shared/img:latest"]
+    assert len(state["layers"]) == 3
+
+
+def test_sigkill_during_pull_then_pull_again_completes(sb: Sandbox, fake: FakeRegistry) -> None:
+    img = random_image([400_000, 300_000], seed=3)
+    serve_image(fake, "slow/img", img, delay=1.5)
+    proc = sb.popen("pull", f"{fake.host}/slow/img")
+    deadline = time.monotonic() + 30
+    while not blob_gets(fake) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert store_state(sb.root)["names"] == []
+    serve_image(fake, "slow/img", img)
+    sb("pull", "-q", f"{fake.host}/slow/img")
+    state = store_state(sb.root)
+    assert state["tmp"] == [] and state["names"] == [f"{fake.host}/slow/img:latest"]
+
+
+def test_ctrl_c_during_pull_exits_130_and_leaves_no_temp(sb: Sandbox, fake: FakeRegistry) -> None:
+    img = random_image([300_000], seed=4)
+    serve_image(fake, "slow/img", img, delay=2)
+    proc = sb.popen("pull", f"{fake.host}/slow/img")
+    deadline = time.monotonic() + 30
+    while not blob_gets(fake) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    state = store_state(sb.root)
+    assert state["tmp"] == [] and state["names"] == []
+
+
+def test_pull_errors_are_one_line(sb: Sandbox, fake: FakeRegistry) -> None:
+    assert "connect" in sb.fails("pull", f"127.0.0.1:{free_port()}/a/b:1").lower()
+    assert "not found" in sb.fails("pull", f"{fake.host}/missing/image:1")
+    assert "invalid reference" in sb.fails("pull", "lib/UPPER")
+    assert "platform" in sb.fails("pull", "--platform", "linux/", f"{fake.host}/x").lower()
+
+
+def test_pull_all_tags(sb: Sandbox, registries: Registries, busybox_in_registry: str) -> None:
+    reg = registries.anon()
+    src = Sandbox(sb.root.parent / "src")
+    src("pull", "-q", busybox_in_registry)
+    for tag in ("a", "b"):
+        src("tag", busybox_in_registry, f"{reg.host}/alltags/bb:{tag}")
+        src("push", "-q", f"{reg.host}/alltags/bb:{tag}")
+    out = sb("pull", "--all-tags", "-q", f"{reg.host}/alltags/bb").stdout.split()
+    assert sorted(out) == [f"{reg.host}/alltags/bb:a", f"{reg.host}/alltags/bb:b"]
+    assert "can't be used with --all-tags" in sb.fails("pull", "-a", f"{reg.host}/alltags/bb:a")
+
+
+def test_login_logout_and_private_pull(sb: Sandbox, registries: Registries,
+                                       busybox_in_registry: str) -> None:
+    reg = registries.basic()
+    user, password = next(iter(USERS.items()))
+    line = sb.fails("login", "-u", user, "--password-stdin", reg.host, input="wrong\n")
+    assert "incorrect username or password" in line
+    out = sb("login", "-u", user, "--password-stdin", reg.host, input=password + "\n")
+    assert out.stdout == "Login Succeeded\n"
+    auth = json.loads((sb.root.parent / "home/.config/sandbox/auth.json").read_text())
+    assert reg.host in auth["auths"]
+    src = Sandbox(sb.root.parent / "src")
+    src("pull", "-q", busybox_in_registry)
+    private = f"{reg.host}/private/bb:1"
+    src("tag", busybox_in_registry, private)
+    assert "sandbox login" in src.fails("push", private)
+    src.env = sb.env | {"SANDBOX_ROOT": str(src.root)}
+    src("push", "-q", private)
+    sb("pull", "-q", private)
+    assert sb("logout", reg.host).stdout == f"Removing login credentials for {reg.host}\n"
+    assert f"sandbox login {reg.host}" in sb.fails("pull", private + "x")
+    assert sb("logout", reg.host).stdout == f"Not logged in to {reg.host}\n"
+
+
+def test_search_without_a_search_api_says_so(sb: Sandbox, registries: Registries) -> None:
+    reg = registries.anon()
+    line = sb.fails("search", f"{reg.host}/busybox")
+    assert "does not offer search" in line
+
+
+def test_search_of_a_registry_with_the_v1_api(sb: Sandbox, fake: FakeRegistry) -> None:
+    from registry_fixtures import send
+
+    body = json.dumps({"results": [{"name": "library/busybox", "description": "tiny",
+                                    "star_count": 3, "is_official": True}]}).encode()
+    fake.routes[("GET", "/v1/search")] = lambda req: send(req, 200, body)
+    out = sb("search", f"{fake.host}/busy").stdout.splitlines()
+    assert out[0].split() == ["NAME", "DESCRIPTION", "STARS", "OFFICIAL"]
+    assert out[1].split() == ["library/busybox", "tiny", "3", "[OK]"]
+
+
+def test_save_load_through_a_pipe(sb: Sandbox, busybox_in_registry: str, tmp_path: Path) -> None:
+    sb("pull", "-q", busybox_in_registry)
+    saved = tmp_path / "x.tar"
+    with open(saved, "wb") as out:
+        subprocess.run([sys.executable, "-m", "sandbox", "save", busybox_in_registry],
+                       stdout=out, env=sb.env, check=True)
+    other = Sandbox(tmp_path / "other")
+    with open(saved, "rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "sandbox", "load"], stdin=stdin,
+                              capture_output=True, text=True, env=other.env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"Loaded image: {busybox_in_registry}\n"
+    other("save", "--format", "oci-archive", "-o", str(tmp_path / "o.tar"), busybox_in_registry)
+    assert "no such file" in other.fails("load", "-i", str(tmp_path / "nope.tar"))
+    assert other("run", "--rm", busybox_in_registry, "true").returncode == 0
+
