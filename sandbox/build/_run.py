@@ -1,0 +1,158 @@
+"""RUN: a rootless container on the stage's layers, whose upper dir becomes the step's layer.
+
+The step container is a normal container directory (``containers/<id>/``) whose rootfs stacks
+an explicit list of layer dirs (the build's intermediate layers are not images), created here
+the way ``Engine.create`` does and run with ``Engine.run``. After a zero exit, the mount points
+the runtime made (``/etc/hosts`` & co.) are dropped from the upper dir where the image lacked
+them, and the rest is committed inside the user namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+from sandbox.build._commit import LayerResult, commit_upper, remove_artifacts
+from sandbox.containers import Engine
+from sandbox.errors import BuildError
+from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
+from sandbox.store import Store
+
+__all__ = ["RunJob", "run_step"]
+
+
+@dataclass(frozen=True)
+class RunJob:
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    network: str = "none"
+    files: tuple[tuple[str, str], ...] = ()
+    """(container path, content): heredoc scripts placed as executable files."""
+    mounts: tuple[Mount, ...] = ()
+    """``RUN --mount`` binds, caches and tmpfs."""
+
+
+def _create(engine: Engine, lowers: Sequence[str], job: RunJob) -> ContainerSpec:
+    from sandbox.drivers import select_driver
+
+    store = engine.store
+    store.ensure()
+    driver = select_driver(store, engine.storage_driver).name
+    if driver == "copy":
+        raise BuildError("RUN needs the overlay or fuse storage driver (the copy driver cannot "
+                         "tell a step's changes from its base)",
+                         hint="enable FUSE or kernel overlayfs in user namespaces")
+    cid = os.urandom(32).hex()
+    cdir = store.container_dir(cid)
+    os.mkdir(cdir, 0o700)
+    try:
+        upper, work, mnt = (os.path.join(cdir, d) for d in ("upper", "work", "rootfs"))
+        for d in (upper, work, mnt):
+            os.mkdir(d, 0o755)
+        if not lowers:
+            empty = os.path.join(cdir, "empty")
+            os.mkdir(empty, 0o755)
+            lowers = [empty]
+        mounts = (*_script_mounts(cdir, job.files), *job.mounts)
+        mapping = engine.mapping
+        spec = ContainerSpec(
+            id=cid, name=f"build-{cid[:12]}", image="<build step>", image_id="",
+            rootfs=RootfsSpec(driver=driver, lowers=tuple(lowers), upper=upper, work=work,
+                              mountpoint=mnt),
+            argv=job.argv, env=job.env, workdir=job.workdir or "/", user=job.user,
+            hostname=cid[:12], network=job.network, mounts=mounts,
+            uid_map=mapping.uid_map, gid_map=mapping.gid_map, map_mode=mapping.mode,
+            container_dir=cdir, store_root=store.root, labels={"sandbox.build": "step"})
+        validate_spec(spec)
+        _write_files(spec)
+    except BaseException:
+        engine.remove_dir(cid)
+        raise
+    return spec
+
+
+def _script_mounts(cdir: str, files: Sequence[tuple[str, str]]) -> Iterator[Mount]:
+    for i, (path, content) in enumerate(files):
+        host = os.path.join(cdir, f"script-{i}")
+        with open(host, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.chmod(host, 0o755)
+        yield Mount(target=path, type="bind", source=host, readonly=True)
+
+
+def _write_files(spec: ContainerSpec) -> None:
+    """The files ``Engine.create`` writes beside a container (hosts, hostname, resolv.conf,
+    config.json)."""
+    cdir = spec.container_dir
+    resolv = ""
+    if spec.network == "host":
+        with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
+            resolv = f.read()
+    hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             f"127.0.1.1\t{spec.hostname}\n")
+    for name, content in (("hosts", hosts), ("hostname", spec.hostname + "\n"),
+                          ("resolv.conf", resolv)):
+        with open(os.path.join(cdir, name), "w") as f:
+            f.write(content)
+    record = {"id": spec.id, "name": spec.name, "created": time.time(), "spec": asdict(spec),
+              "rootfs": {"lowers": list(spec.rootfs.lowers)}}
+    with open(os.path.join(cdir, "config.json"), "w") as f:
+        json.dump(record, f)
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """With ``-q`` the step's output goes nowhere (the container inherits fds 1 and 2)."""
+    if not quiet:
+        yield
+        return
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def _commit_run(store_root: str, upper: str, lowers: list[str],
+                source_date_epoch: int | None, extra: list[str]) -> LayerResult | None:
+    remove_artifacts(upper, lowers, extra)
+    return commit_upper(Store(store_root), upper, source_date_epoch)
+
+
+def run_step(engine: Engine, lowers: Sequence[str], job: RunJob, *,
+             quiet: bool = False, source_date_epoch: int | None = None,
+             progress: Callable[[str], None] | None = None) -> tuple[int, LayerResult | None]:
+    """Run ``job`` on ``lowers``; (exit status, the layer or None when nothing changed).
+    ``progress`` gets Docker's "Running in" and "Removing intermediate container" lines."""
+    from sandbox.runtime.userns import run_in_userns
+
+    spec = _create(engine, lowers, job)
+    say = progress or (lambda line: None)
+    say(f" ---> Running in {spec.id[:12]}")
+    try:
+        import sys
+
+        sys.stdout.flush()
+        with _silenced(quiet):
+            code = engine.run(spec)
+        if code != 0:
+            return code, None
+        result = run_in_userns(_commit_run, engine.store.root, spec.rootfs.upper,
+                               list(spec.rootfs.lowers), source_date_epoch,
+                               [m.target for m in job.mounts], mapping=engine.mapping)
+        return 0, result
+    finally:
+        engine.remove_dir(spec.id)
+        say(f"Removing intermediate container {spec.id[:12]}")
