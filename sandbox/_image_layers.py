@@ -27,9 +27,12 @@ def _now() -> str:
 
 
 def _owner_policy() -> str:
-    from sandbox.runtime.idmap import detect_mapping
+    """Inside the user namespace: real chown when it maps more than one id, else the
+    ``override_stat`` xattr. (Asking ``detect_mapping`` here would be wrong: inside, we are
+    uid 0 and have no subordinate ranges of our own.)"""
+    from sandbox.runtime.idmap import mapped_id_count
 
-    return "chown" if detect_mapping().mode == "subuid" else "xattr"
+    return "chown" if mapped_id_count() > 1 else "xattr"
 
 
 def finish_layer(store: Store, tmp: str, chain_id: str, diff_id: str, parent: str | None,

@@ -440,6 +440,7 @@ class ImageStore:
             blobs.update(layer["digest"] for layer in image.layers)
             blobs.update(r.partition("@")[2] for r in image.repo_digests)
             chains.update(image.chain_ids)
+        blobs |= self.store.gc_root_blobs()  # e.g. layers the build cache still holds
         return blobs, chains
 
     def _footprint(self) -> int:

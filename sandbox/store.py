@@ -466,6 +466,38 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return disk_usage(self.layer_diff(chain_id))
 
+    # -- garbage-collection roots -------------------------------------------------------------
+    def set_gc_root(self, name: str, blobs: Iterable[str]) -> None:
+        """Keep ``blobs`` alive through ``rmi``/prune while the root ``name`` exists (the build
+        cache holds its layers this way; the images index is the other root)."""
+        directory = self.path("gc-roots")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.atomic_write(os.path.join(directory, name.replace("/", "_") + ".json"),
+                          json.dumps(sorted(set(blobs))).encode())
+
+    def remove_gc_roots(self, prefix: str) -> int:
+        directory = self.path("gc-roots")
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+        return len(names)
+
+    def gc_root_blobs(self) -> set[str]:
+        found: set[str] = set()
+        directory = self.path("gc-roots")
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return found
+        for name in names:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                found.update(self.read_json(os.path.join(directory, name)))
+        return found
+
     def iter_containers(self) -> Iterator[str]:
         try:
             names = sorted(os.listdir(self.containers_dir()))

@@ -59,6 +59,7 @@ class BuildCache:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         data = json.dumps({"state": state.to_dict()}, sort_keys=True).encode()
         self.store.atomic_write(path, data)
+        self.store.set_gc_root(f"build-cache-{key}", (layer["digest"] for layer in state.layers))
 
     def entries(self) -> list[str]:
         out: list[str] = []
@@ -87,6 +88,7 @@ class BuildCache:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        self.store.remove_gc_roots("build-cache-")
         mounts = os.path.join(self.root, "mounts")
         if os.path.isdir(mounts):
             self.store.rm_rf(mounts)

@@ -12,7 +12,8 @@ import os
 
 from sandbox.spec import IdMap
 
-__all__ = ["IdMapping", "detect_mapping", "read_subid_ranges", "write_maps", "MapError"]
+__all__ = ["IdMapping", "detect_mapping", "read_subid_ranges", "write_maps", "MapError",
+           "mapped_id_count"]
 
 
 class MapError(OSError):
@@ -56,6 +57,15 @@ def read_subid_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
         if count > 0:
             ranges.append((start, count))
     return ranges
+
+
+def mapped_id_count(path: str = "/proc/self/uid_map") -> int:
+    """How many uids the current user namespace maps (4294967295 in the initial one)."""
+    try:
+        with open(path) as f:
+            return sum(int(line.split()[2]) for line in f if line.strip())
+    except (OSError, ValueError, IndexError):
+        return 1
 
 
 def which(name: str) -> str:

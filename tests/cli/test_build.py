@@ -278,10 +278,6 @@ def test_chown_unknown_user_is_refused(cli, busybox_image: str, tmp_path: Path) 
 
 
 @pytest.mark.skipif(detect_mapping().mode != "subuid", reason="needs subuid ranges to chown")
-@pytest.mark.xfail(reason="engine: images._owner_policy() runs detect_mapping() inside the user "
-                   "namespace (uid 0, no subuid entry) and unpacks layers with the xattr "
-                   "policy, so kernel overlay shows uid 0; the layer itself is right",
-                   strict=False)
 def test_chowned_file_is_owned_in_the_container(cli, busybox_image: str,
                                                 tmp_path: Path) -> None:
     ctx = _context(tmp_path, "FROM busybox\nCOPY --chown=1000:1000 f.txt /f.txt\n"
