@@ -14,15 +14,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore
 from sandbox.runtime.idmap import IdMapping, detect_mapping
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
 from sandbox.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 __all__ = ["RunOptions", "Engine", "generate_name", "parse_volume"]
 

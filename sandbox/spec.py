@@ -11,12 +11,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from sandbox.errors import SpecError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-from sandbox.errors import SpecError
 
 __all__ = [
     "IdMap", "Mount", "RootfsSpec", "ContainerSpec", "validate_spec", "spec_to_json",
@@ -97,7 +98,6 @@ class ContainerSpec:
 # -- validation ------------------------------------------------------------------------------
 
 
-
 def _check_argv(spec: ContainerSpec) -> None:
     if not spec.argv or not spec.argv[0]:
         raise SpecError("no command specified",
@@ -141,8 +141,8 @@ def _check_user(spec: ContainerSpec) -> None:
         raise SpecError(f"invalid user {spec.user!r}", hint="use -u NAME|UID[:GROUP|GID]")
 
 
-CHECKERS: tuple[Callable[[ContainerSpec], None], ...] = (_check_argv, _check_env, _check_paths, _check_network,
-                                 _check_hostname, _check_user)
+CHECKERS: tuple[Callable[[ContainerSpec], None], ...] = (
+    _check_argv, _check_env, _check_paths, _check_network, _check_hostname, _check_user)
 
 
 def validate_spec(spec: ContainerSpec) -> ContainerSpec:

@@ -25,11 +25,12 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
+from sandbox.errors import DigestMismatch, StoreError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-from sandbox.errors import DigestMismatch, StoreError
 
 __all__ = ["Store", "default_root", "rm_rf", "disk_usage", "STORE_VERSION"]
 
@@ -207,8 +208,9 @@ class Store:
                                       b'{"schemaVersion":2,"manifests":[]}')
                 self.atomic_write(version_file, STORE_VERSION.encode() + b"\n")
         except PermissionError as exc:
-            raise StoreError(f"cannot use store {self.root}: {exc.strerror}",
-                             hint="pass --root or set SANDBOX_ROOT to a directory you own") from None
+            raise StoreError(
+                f"cannot use store {self.root}: {exc.strerror}",
+                hint="pass --root or set SANDBOX_ROOT to a directory you own") from None
         self._ready = True
         return self
 

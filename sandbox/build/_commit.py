@@ -9,7 +9,6 @@ layer dirs for COPY/ADD (buildah copies into a mounted container the same way).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -59,67 +58,22 @@ def overlay_view(tmp: str, lowers: Sequence[str], name: str, driver: str = "over
         empty = os.path.join(tmp, f"{name}.empty")
         os.mkdir(empty, 0o755)
         lowers = [empty]
-    escaped = ":".join(low.replace(",", "\\,").replace(":", "\\:") for low in lowers)
-    opts = f"lowerdir={escaped},upperdir={upper},workdir={work}"
     if driver == "fuse":
-        pid = _start_fuse(opts, mnt)
+        from sandbox.drivers.fuse import mount_fuse, unmount_fuse
+
+        pid = mount_fuse(lowers, mnt, upper, work)
         try:
             yield mnt, upper
         finally:
-            _stop_fuse(mnt, pid)
+            unmount_fuse(mnt, pid)
         return
-    sc.mount("overlay", mnt, "overlay", 0, opts + ",userxattr")
+    from sandbox.runtime.plan import overlay_options
+
+    sc.mount("overlay", mnt, "overlay", 0, overlay_options(tuple(lowers), upper, work))
     try:
         yield mnt, upper
     finally:
         sc.umount2(mnt, sc.MNT_DETACH)
-
-
-def _start_fuse(opts: str, mnt: str) -> int:
-    """``python -m fuse_overlay`` in the foreground as our child; returns once it serves."""
-    import signal
-    import sys
-
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            sc.set_pdeathsig(signal.SIGTERM)
-            os.set_inheritable(ready_w, True)
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            os.execv(sys.executable, [sys.executable, "-m", "fuse_overlay", "-f", "--ready-fd",
-                                      str(ready_w), "-o", opts, mnt])
-        finally:
-            os._exit(127)
-    os.close(ready_w)
-    answer = b""
-    while chunk := os.read(ready_r, 4096):
-        answer += chunk
-        if answer.startswith(b"ok"):
-            break
-    os.close(ready_r)
-    if not answer.startswith(b"ok"):
-        os.waitpid(pid, 0)
-        raise OSError(errno.EIO, "fuse_overlay could not mount the step's root filesystem", mnt)
-    return pid
-
-
-def _stop_fuse(mnt: str, pid: int) -> None:
-    with contextlib.suppress(OSError):
-        sc.umount2(mnt, sc.MNT_DETACH)
-    import time
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
 
 
 def remove_artifacts(upper: str, lowers: Sequence[str], extra: Sequence[str] = ()) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
+from sandbox.errors import SandboxError, UsageError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
-
-from sandbox.errors import SandboxError, UsageError
 
 __all__ = ["main", "entry", "COMMANDS"]
 

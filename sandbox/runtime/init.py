@@ -29,17 +29,17 @@ import socket
 import sys
 import termios
 
+from sandbox import _syscalls as sc
+from sandbox._paths import resolve_in_root
+from sandbox.runtime.plan import MountOp, build_plan
+from sandbox.spec import ContainerSpec
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
     Payload = Callable[[], bytes]
-
-from sandbox import _syscalls as sc
-from sandbox._paths import resolve_in_root
-from sandbox.runtime.plan import MountOp, build_plan
-from sandbox.spec import ContainerSpec
 
 __all__ = ["container_main", "execute_plan", "FORWARDED_SIGNALS", "main"]
 
@@ -458,7 +458,8 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
         try:
             sc.unshare(sc.CLONE_NEWUSER)
         except OSError as exc:
-            raise SetupFailed("UserNamespaceUnavailable", userns_failure_message(exc.errno or 0))
+            raise SetupFailed("UserNamespaceUnavailable",
+                              userns_failure_message(exc.errno or 0)) from None
         _send(sock, b"U")
         _recv_exact(sock, b"M")
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
@@ -487,58 +488,24 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
 
 def _start_fuse(spec: ContainerSpec) -> int:
     """The ``fuse`` storage driver's half in C: a private mount namespace (owned by the
-    container's user namespace), ``fuse_overlay`` serving the rootfs in it, in the foreground as
-    our child with PDEATHSIG, so that it ends with the container even if we are SIGKILLed.
-    G copies this mount namespace and sees the mount."""
+    container's user namespace) with ``fuse_overlay`` serving the rootfs; G copies this mount
+    namespace and sees the mount. The server is ours, so it ends with the container."""
+    from sandbox.drivers.fuse import mount_fuse
+
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
-    from fuse_overlay import command
-
     rootfs = spec.rootfs
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            sc.set_pdeathsig(signal.SIGTERM)
-            os.set_inheritable(ready_w, True)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            argv = command(rootfs.lowers, rootfs.mountpoint, upperdir=rootfs.upper,
-                           workdir=rootfs.work, ready_fd=ready_w, die_with_parent=True)
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
-    os.close(ready_w)
-    answer = b""
-    while chunk := os.read(ready_r, 4096):
-        answer += chunk
-        if answer.startswith(b"ok"):
-            break
-    os.close(ready_r)
-    if not answer.startswith(b"ok"):
-        os.waitpid(pid, 0)
+    try:
+        return mount_fuse(rootfs.lowers, rootfs.mountpoint, rootfs.upper, rootfs.work)
+    except OSError:
         raise SetupFailed("RuntimeSetupError", "the fuse storage driver could not mount the "
-                          "root filesystem (fuse_overlay failed; see its message above)")
-    return pid
+                          "root filesystem (fuse_overlay failed; see its message above)") from None
 
 
 def _stop_fuse(spec: ContainerSpec, pid: int) -> None:
-    try:
-        sc.umount2(spec.rootfs.mountpoint, sc.MNT_DETACH)
-    except OSError:
-        pass
-    import time
+    from sandbox.drivers.fuse import unmount_fuse
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    unmount_fuse(spec.rootfs.mountpoint, pid)
 
 
 def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | None,

@@ -44,9 +44,10 @@ class MountOp:
     """One setup step.
 
     ``kind`` is one of: ``lo_up``, ``rslave``, ``mount``, ``bind`` (``flags`` may add ``MS_REC``),
-    ``remount_ro`` (an existing mount point), ``readonly`` (bind onto itself, then remount_ro), ``mkdir``, ``touch``, ``symlink``, ``mask``, ``pivot_root``, ``hostname``,
-    ``chdir``. ``in_root`` targets are container paths resolved inside the rootfs with
-    ``resolve_in_root`` at execution time; other targets are host paths. ``optional`` steps are
+    ``remount_ro`` (an existing mount point), ``readonly`` (bind onto itself, then
+    ``remount_ro``), ``mkdir``, ``touch``, ``symlink``, ``mask``, ``pivot_root``, ``hostname``.
+    ``in_root`` targets are container paths resolved inside the rootfs with ``resolve_in_root``
+    at execution time; other targets are host paths. ``optional`` steps are
     skipped when they fail with ENOENT/EPERM (a masked path the kernel does not have).
     """
 

@@ -15,15 +15,16 @@ import socket
 import sys
 import time
 
+from sandbox import errors
+from sandbox.runtime.idmap import IdMapping, MapError, write_maps
+from sandbox.runtime.init import Forwarder, container_main
+from sandbox.spec import ContainerSpec, spec_to_json
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-from sandbox import errors
-from sandbox.runtime.idmap import IdMapping, MapError, write_maps
-from sandbox.runtime.init import Forwarder, container_main
-from sandbox.spec import ContainerSpec, spec_to_json
 
 __all__ = ["Started", "start", "wait", "run", "run_callable"]
 
