@@ -1,0 +1,359 @@
+"""The session-scoped factory: the engine, per-worker scratch dirs, containers and retention.
+
+Created from ``config`` at configure time (pytest ``tmpdir.py``'s ``TempPathFactory``), used by
+every fixture. Each pytest process (the controller, or each pytest-xdist worker) owns the
+containers it starts; they carry labels naming the session and the owner's pid and start time so
+that a reaper process (started on the first container) removes them if this process dies, and
+the next run removes what a SIGKILL of both left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_plugin.marker import ContainerRequest, Settings
+
+if TYPE_CHECKING:
+    from pytest_plugin.fixtures.handle import Container
+
+__all__ = ["SandboxFactory", "FACTORY_KEY", "LABEL_SESSION", "LABEL_OWNER", "LABEL_TEST"]
+
+FACTORY_KEY = pytest.StashKey["SandboxFactory"]()
+LABEL_SESSION = "io.rootless-sandbox.pytest.session"
+LABEL_OWNER = "io.rootless-sandbox.pytest.owner"  # "pid:starttime" of the pytest process
+LABEL_TEST = "io.rootless-sandbox.pytest.test"
+KEEP_ALIVE = ("sleep", "infinity")
+logger = logging.getLogger(__name__)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def lifecycle_module() -> Any:
+    """``sandbox.lifecycle`` or a clear skip when this engine does not have it yet."""
+    try:
+        from sandbox import lifecycle
+    except ImportError as exc:
+        pytest.skip(f"the container fixture needs sandbox.lifecycle ({exc})")
+    return lifecycle
+
+
+class SandboxFactory:
+    """One per pytest process: engine, owned containers, reaper, retention."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.worker_id = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.session_id = os.environ.get("PYTEST_SANDBOX_SESSION") or os.urandom(6).hex()
+        self.owner = f"{os.getpid()}:{_start_time(os.getpid())}"
+        self._engine: Any = None
+        self._owned: dict[str, Container] = {}
+        self._handed: list[str] = []
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._scratch: str | None = None
+        self._isolate_pool: dict[str, Any] = {}
+        self._isolate_state: dict[str, tuple[str, Any]] = {}
+        self.kept: list[Container] = []
+        self._default_image: str | None = None
+        self.current_item: pytest.Item | None = None
+
+    # -- engine --------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from sandbox.containers import Engine
+            from sandbox.store import Store
+
+            engine = Engine(Store(self.settings.root) if self.settings.root else None,
+                            storage_driver=self.settings.storage_driver)
+            engine.store.ensure()
+            self._engine = engine
+            self.clean_stale()
+        return self._engine
+
+    def default_image(self) -> str:
+        if self._default_image is None:
+            hooked = self.config.hook.pytest_sandbox_default_image(config=self.config)
+            self._default_image = str(hooked) if hooked else "host"
+        return self._default_image
+
+    def scratch_dir(self) -> str:
+        """A per-worker scratch dir (under pytest's basetemp, itself per xdist worker)."""
+        if self._scratch is None:
+            base = self.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+            self._scratch = tempfile.mkdtemp(prefix=f"sandbox-{self.worker_id}-", dir=base)
+        return self._scratch
+
+    def labels(self, item: pytest.Item | None) -> dict[str, str]:
+        labels = {LABEL_SESSION: self.session_id, LABEL_OWNER: self.owner}
+        if item is not None:
+            labels[LABEL_TEST] = item.nodeid
+        return labels
+
+    # -- stale containers ----------------------------------------------------------------------
+    def clean_stale(self) -> int:
+        """Remove containers whose pytest owner is gone (a SIGKILL'd run), then what
+        ``lifecycle.cleanup_stale`` finds (dead monitors)."""
+        engine = self._engine
+        removed = 0
+        with engine.store.lock("pytest-sandbox-stale"):
+            for cid in list(engine.store.iter_containers()):
+                try:
+                    labels = engine.load_config(cid).get("spec", {}).get("labels") or {}
+                except (OSError, ValueError):
+                    continue
+                owner = labels.get(LABEL_OWNER)
+                if not owner:
+                    continue
+                pid, _, start = owner.partition(":")
+                if pid.isdigit() and start.isdigit() and _start_time(int(pid)) == int(start):
+                    continue
+                if labels.get("io.rootless-sandbox.pytest.kept") == "1":
+                    continue
+                removed += self._force_remove(cid)
+            with contextlib.suppress(ImportError):
+                from sandbox import lifecycle
+
+                with contextlib.suppress(Exception):
+                    removed += int(lifecycle.cleanup_stale(engine) or 0)
+        if removed:
+            logger.info("removed %d container(s) left by an earlier run", removed)
+        return removed
+
+    def _force_remove(self, cid: str) -> int:
+        try:
+            from sandbox import lifecycle
+        except ImportError:
+            self._engine.remove_dir(cid)
+            return 1
+        try:
+            lifecycle.remove(self._engine, cid, force=True, volumes=True)
+        except Exception:  # noqa: BLE001 - best effort, then the directory itself
+            with contextlib.suppress(Exception):
+                self._engine.remove_dir(cid)
+        return 1
+
+    # -- reaper --------------------------------------------------------------------------------
+    def _ensure_reaper(self) -> None:
+        """Start (once) the process that removes our containers if this process dies."""
+        if self._reaper is not None:
+            return
+        root = self.engine.store.root
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "pytest_plugin._reaper", root, self.owner],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=_reaper_log(),
+            start_new_session=True, close_fds=True)
+
+    def _stop_reaper(self) -> None:
+        """``done``: the reaper finishes the removals it was given, then exits; we wait."""
+        if self._reaper is None:
+            return
+        with contextlib.suppress(OSError):
+            assert self._reaper.stdin is not None
+            self._reaper.stdin.write(b"done\n")
+            self._reaper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._reaper.wait(timeout=120)
+        self._reaper = None
+        for cid in self._handed:  # whatever the reaper could not do, we do
+            if os.path.isdir(self.engine.store.container_dir(cid)):
+                self._force_remove(cid)
+        self._handed.clear()
+
+    def _hand_to_reaper(self, cid: str) -> bool:
+        reaper = self._reaper
+        if reaper is None or reaper.poll() is not None or reaper.stdin is None:
+            return False
+        try:
+            reaper.stdin.write(f"rm {cid}\n".encode())
+            reaper.stdin.flush()
+        except OSError:
+            return False
+        self._handed.append(cid)
+        return True
+
+    # -- containers ----------------------------------------------------------------------------
+    def run_options(self, req: ContainerRequest, labels: dict[str, str], *,
+                    remove: bool = False) -> Any:
+        from sandbox.containers import RunOptions, parse_volume
+
+        kwargs: dict[str, Any] = dict(
+            env=req.env, workdir=req.workdir or "", user=req.user, network=req.network,
+            mounts=tuple(parse_volume(v) for v in req.volumes), labels=labels, remove=remove,
+            storage_driver=req.storage_driver)
+        fields = {f.name for f in dataclasses.fields(RunOptions)}
+        return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
+
+    @staticmethod
+    def host_options(lifecycle: Any, req: ContainerRequest) -> Any:
+        """Docker's HostConfig part: the published ports."""
+        if not req.ports:
+            return None
+        from sandbox._ports import parse_publish
+
+        return lifecycle.HostOptions(ports=tuple(b for p in req.ports for b in parse_publish(p)))
+
+    def start(self, req: ContainerRequest, item: pytest.Item | None) -> Container:
+        """A running container for ``req`` (``sandbox run -d IMAGE sleep infinity``)."""
+        from pytest_plugin.fixtures.handle import Container
+
+        lifecycle = lifecycle_module()
+        self._ensure_reaper()
+        opts = self.run_options(req, self.labels(item))
+        cmd = list(req.command or KEEP_ALIVE)
+        from pytest_plugin.isolate import frozen_heap
+
+        with frozen_heap():  # lifecycle forks its monitor from this process when it can
+            state = lifecycle.run_detached(self.engine, req.image, cmd, opts,
+                                           self.host_options(lifecycle, req))
+        container = Container(self, state, req)
+        self._owned[container.id] = container
+        return container
+
+    def remove(self, container: Container) -> None:
+        if container.removed:
+            return
+        self._owned.pop(container.id, None)
+        container.removed = True
+        if not self._hand_to_reaper(container.id):  # removed in the background
+            self._force_remove(container.id)
+
+    def keep(self, container: Container) -> None:
+        """Retention: leave it running and drop it from what the session removes."""
+        self._owned.pop(container.id, None)
+        container.kept = True
+        self.kept.append(container)
+        with contextlib.suppress(Exception):
+            self._mark_kept(container.id)
+
+    def _mark_kept(self, cid: str) -> None:
+        store = self.engine.store
+        path = os.path.join(store.container_dir(cid), "config.json")
+        cfg = store.read_json(path)
+        cfg.setdefault("spec", {}).setdefault("labels", {})["io.rootless-sandbox.pytest.kept"] = "1"
+        store.write_json(path, cfg)
+
+    def isolate_spec(self, item: pytest.Item, req: ContainerRequest) -> Any:
+        """The spec of a container whose PID 1's child will be the forked test body."""
+        from sandbox.containers import RunOptions, parse_volume
+        from sandbox.spec import Mount
+
+        self._ensure_reaper()
+        binds = self._isolate_binds(req)
+        workdir = req.workdir or os.getcwd()
+        key = json.dumps([req.image, req.network, req.volumes, req.env, workdir,
+                          req.storage_driver, binds])
+        pooled = self._isolate_pool.pop(key, None)
+        if pooled is not None:
+            return pooled
+        mounts = [parse_volume(v) for v in req.volumes]
+        mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
+        opts = RunOptions(env=req.env, workdir=workdir, network=req.network,
+                          mounts=tuple(mounts), remove=False, labels=self.labels(item),
+                          storage_driver=req.storage_driver)
+        spec = self.engine.create(req.image, ["true"], opts)
+        self._isolate_state[spec.id] = (key, _snapshot(spec))
+        return spec
+
+    def release_isolated(self, spec: Any, *, keep: bool) -> None:
+        """After an isolated test: keep its files, or reuse its container directory for the
+        next test when the test left it exactly as created (nothing written to the writable
+        layer or the bound /etc files: every namespace, mount and tmpfs is new each time
+        anyway), else remove it."""
+        key, snap = self._isolate_state.get(spec.id, ("", None))
+        if keep:
+            self._isolate_state.pop(spec.id, None)
+            return
+        if snap is not None and key not in self._isolate_pool and _snapshot(spec) == snap:
+            self._isolate_pool[key] = spec
+            return
+        self._isolate_state.pop(spec.id, None)
+        with contextlib.suppress(Exception):
+            self.engine.remove_dir(spec.id)
+
+    def _isolate_binds(self, req: ContainerRequest) -> list[tuple[str, bool]]:
+        """Host paths the test body needs: pytest's basetemp read-write (tmp_path and friends
+        are shared with the parent's fixtures); the project read-only where the container
+        would not show it (under its private /tmp, or any path for a non-host image)."""
+        basetemp = str(self.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+        wanted = [str(self.config.rootpath), str(self.config.invocation_params.dir), os.getcwd()]
+        if req.image != "host":
+            import sysconfig
+
+            paths = sysconfig.get_paths()
+            wanted += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+            wanted += [p for p in sys.path if p and os.path.isdir(p)]
+            private: tuple[str, ...] = ("/",)
+        else:
+            private = ("/tmp", "/proc", "/sys", "/dev")
+        ro = sorted({os.path.realpath(p) for p in wanted if os.path.isdir(p)})
+        ro = [p for p in ro if any(_under(p, t) for t in private) and not _under(p, basetemp)]
+        ro = [p for p in ro if not any(q != p and _under(p, q) for q in ro)]
+        binds = [(p, True) for p in ro] + [(basetemp, False)]
+        return sorted(binds, key=lambda b: len(b[0]))
+
+    # -- end of session ------------------------------------------------------------------------
+    def finish(self) -> None:
+        for container in list(self._owned.values()):
+            with contextlib.suppress(Exception):
+                self.remove(container)
+        for spec in self._isolate_pool.values():
+            with contextlib.suppress(Exception):
+                self.engine.remove_dir(spec.id)
+        self._isolate_pool.clear()
+        self._stop_reaper()
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _snapshot(spec: Any) -> list[tuple[str, int, int, int]]:
+    """Every entry of the writable layer and the bound /etc files, with mode, size and mtime."""
+    out: list[tuple[str, int, int, int]] = []
+    upper = spec.rootfs.upper
+
+    def walk(path: str) -> None:
+        with os.scandir(path) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                out.append((entry.path[len(upper):], st.st_mode, st.st_size, st.st_mtime_ns))
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path)
+
+    try:
+        walk(upper)
+        st = os.stat(upper)
+        out.append(("", st.st_mode, st.st_size, st.st_mtime_ns))
+        for name in ("hosts", "hostname", "resolv.conf"):
+            st = os.stat(os.path.join(spec.container_dir, name))
+            out.append((name, st.st_mode, st.st_size, st.st_mtime_ns))
+    except OSError:
+        return [("unreadable", 0, 0, 0)]
+    return sorted(out)
+
+
+def _reaper_log() -> Any:
+    path = os.environ.get("PYTEST_SANDBOX_REAPER_LOG")
+    return open(path, "ab") if path else subprocess.DEVNULL  # noqa: SIM115 - Popen's stderr
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
