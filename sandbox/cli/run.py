@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from sandbox.cli._args import Parser, parse
+from sandbox.cli._args import REMAINDER, Namespace, Parser, parse
 from sandbox.errors import SpecError, UsageError
 
-__all__ = ["main", "options_from_args", "add_container_arguments"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["main", "options_from_args", "add_container_arguments", "host_options_from_args",
+           "parse_mount"]
 
 
 def add_container_arguments(p: Parser) -> None:
@@ -23,21 +27,49 @@ def add_container_arguments(p: Parser) -> None:
     p.add_argument("--env-file", action="append", default=[], metavar="FILE",
                    help="Read in a file of environment variables")
     p.add_argument("-w", "--workdir", default="", help="Working directory inside the container")
-    p.add_argument("-u", "--user", default=None, help="Username or UID (format: <name|uid>[:<group|gid>])")
+    p.add_argument("-u", "--user", default=None,
+                   help="Username or UID (format: <name|uid>[:<group|gid>])")
     p.add_argument("-h", "--hostname", default="", help="Container host name")
     p.add_argument("--network", "--net", default="none", help="Network mode: none or host")
     p.add_argument("--read-only", action="store_true",
                    help="Mount the container's root filesystem as read only")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
                    help="Bind mount a volume")
+    p.add_argument("--mount", action="append", default=[], metavar="type=...,target=...",
+                   help="Attach a filesystem mount to the container (bind, volume, tmpfs)")
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
                    help="Mount a tmpfs directory")
     p.add_argument("--entrypoint", default=None, help="Overwrite the default ENTRYPOINT")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
                    help="Set meta data on a container")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+                   help="Publish a container's port(s) to the host")
+    p.add_argument("-P", "--publish-all", action="store_true",
+                   help="Publish all exposed ports to random ports")
+    p.add_argument("--expose", action="append", default=[], help="Expose a port")
+    p.add_argument("--init", action="store_true",
+                   help="Run an init inside the container (always: PID 1 is sandbox's init)")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="Ulimit options")
+    p.add_argument("-m", "--memory", default="", help="Memory limit")
+    p.add_argument("--cpus", default="", help="Number of CPUs")
+    p.add_argument("--pids-limit", default="", help="Tune container pids limit")
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP",
+                   help="Add a custom host-to-IP mapping")
+    p.add_argument("--dns", action="append", default=[], help="Set custom DNS servers")
+    p.add_argument("--dns-search", action="append", default=[],
+                   help="Set custom DNS search domains")
+    p.add_argument("--stop-signal", default="", help="Signal to stop the container")
+    p.add_argument("--stop-timeout", type=int, default=None,
+                   help="Timeout (in seconds) to stop a container")
+    p.add_argument("--restart", default="no",
+                   help="Restart policy: no, on-failure[:N], always, unless-stopped")
+    p.add_argument("--log-opt", action="append", default=[], metavar="max-size=10m",
+                   help="Log driver options (max-size, max-file)")
     p.add_argument("--storage-driver", default=None, help="overlay, fuse or copy")
     p.add_argument("image", help="the image")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
+    p.add_argument("command", nargs=REMAINDER, help="command and arguments")
 
 
 def _parser(command: str) -> Parser:
@@ -54,7 +86,42 @@ def _parser(command: str) -> Parser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[object, list[str]]:
+def parse_mount(text: str) -> Any:
+    """``--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,...]``."""
+    from sandbox.spec import Mount
+
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        k, eq, v = item.partition("=")
+        fields[k.strip().lower()] = v if eq else "true"
+    kind = fields.get("type", "volume")
+    target = fields.get("target") or fields.get("destination") or fields.get("dst") or ""
+    source = fields.get("source") or fields.get("src") or ""
+    readonly = fields.get("readonly", fields.get("ro", "false")) in ("true", "1")
+    if not target:
+        raise SpecError(f"invalid --mount {text!r}: target is required")
+    if kind == "bind":
+        if not source:
+            raise SpecError(f"invalid --mount {text!r}: source is required for a bind")
+        source = os.path.abspath(source)
+        if not os.path.exists(source):
+            raise SpecError(f"invalid mount config for type \"bind\": bind source path does "
+                            f"not exist: {source}")
+        return Mount(target=target, type="bind", source=source, readonly=readonly)
+    if kind == "volume":
+        nocopy = ("nocopy",) if fields.get("volume-nocopy") in ("true", "1") else ()
+        return Mount(target=target, type="volume", source=source, readonly=readonly,
+                     options=nocopy)
+    if kind == "tmpfs":
+        opts: list[str] = []
+        if "tmpfs-size" in fields:
+            opts.append(f"size={fields['tmpfs-size']}")
+        opts.append(f"mode={fields.get('tmpfs-mode', '1777')}")
+        return Mount(target=target, type="tmpfs", options=tuple(opts))
+    raise SpecError(f"invalid mount type {kind!r}", hint="use bind, volume or tmpfs")
+
+
+def options_from_args(args: Namespace) -> tuple[object, list[str]]:
     """(RunOptions, command) from parsed flags."""
     import shlex
 
@@ -66,6 +133,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[object, list[str]]:
         env += parse_env_file(path)
     env += parse_env_list(args.env)
     mounts = [parse_volume(v) for v in args.volume]
+    mounts += [parse_mount(m) for m in getattr(args, "mount", [])]
     for item in args.tmpfs:
         target, _, opts = item.partition(":")
         mounts.append(Mount(target=target, type="tmpfs",
@@ -79,35 +147,153 @@ def options_from_args(args: argparse.Namespace) -> tuple[object, list[str]]:
         entrypoint = tuple(shlex.split(args.entrypoint)) if args.entrypoint else ()
     if args.user is not None and not args.user:
         raise SpecError("invalid user ''", hint="use -u NAME|UID[:GROUP|GID]")
+    network = args.network
     opts = RunOptions(
         name=args.name, env=tuple(env), workdir=args.workdir, user=args.user,
-        hostname=args.hostname, network=args.network, readonly_rootfs=args.read_only,
+        hostname=args.hostname, network=network, readonly_rootfs=args.read_only,
         interactive=args.interactive, tty=args.tty, mounts=tuple(mounts),
         remove=getattr(args, "rm", False), entrypoint=entrypoint, labels=labels,
         storage_driver=args.storage_driver)
     return opts, list(args.command)
 
 
+def _ulimit(text: str) -> dict[str, Any]:
+    import resource
+
+    name, eq, value = text.partition("=")
+    soft, _, hard = value.partition(":")
+    if not eq or getattr(resource, "RLIMIT_" + name.upper(), None) is None:
+        raise SpecError(f"invalid ulimit {text!r}", hint="use NAME=SOFT[:HARD], e.g. nofile=1024")
+
+    def num(v: str) -> int:
+        if v in ("-1", "unlimited"):
+            return resource.RLIM_INFINITY
+        if not v.isdigit():
+            raise SpecError(f"invalid ulimit value in {text!r}")
+        return int(v)
+
+    s = num(soft)
+    return {"name": name.lower(), "soft": s, "hard": num(hard) if hard else s}
+
+
+def _cgroup_reason() -> str:
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "cgroups v1 cannot be delegated to an unprivileged user"
+    return "no cgroup v2 subtree is delegated to this user (systemd Delegate=yes)"
+
+
+def host_options_from_args(args: Namespace) -> Any:
+    from sandbox._logs import parse_size
+    from sandbox._ports import parse_publish
+    from sandbox.lifecycle import HostOptions, parse_signal
+
+    ports = []
+    for item in args.publish:
+        ports += parse_publish(item)
+    if args.restart.partition(":")[0] not in ("no", "on-failure", "always", "unless-stopped"):
+        raise SpecError(f"invalid restart policy {args.restart!r}",
+                        hint="use no, on-failure[:N], always or unless-stopped")
+    if args.stop_signal:
+        parse_signal(args.stop_signal)
+    if args.network not in ("none", "host"):
+        if args.network in ("slirp4netns", "pasta", "bridge"):
+            raise SpecError(f"--network {args.network} is not available in this build",
+                            hint="use --network none (published ports work) or host")
+    memory = parse_size(args.memory) if args.memory else 0
+    try:
+        nano = int(float(args.cpus) * 1e9) if args.cpus else 0
+        pids = int(args.pids_limit) if args.pids_limit else 0
+    except ValueError:
+        raise SpecError("invalid --cpus or --pids-limit value") from None
+    for flag, value in (("--memory", memory), ("--cpus", nano), ("--pids-limit", pids)):
+        if value:
+            sys.stderr.write(f"WARNING: {flag} is not enforced: {_cgroup_reason()}\n")
+    if ports and args.network == "host":
+        sys.stderr.write("WARNING: Published ports are discarded when using host network "
+                         "mode\n")
+    log_opts = dict(o.partition("=")[::2] for o in args.log_opt)
+    return HostOptions(
+        ports=tuple(ports), publish_all=args.publish_all, restart=args.restart,
+        stop_signal=args.stop_signal, stop_timeout=args.stop_timeout, init=args.init,
+        ulimits=tuple(_ulimit(u) for u in args.ulimit), add_hosts=tuple(args.add_host),
+        dns=tuple(args.dns), dns_search=tuple(args.dns_search), memory=memory,
+        nano_cpus=nano, pids_limit=pids, log_opts=log_opts)
+
+
 def main(command: str, argv: list[str]) -> int:
+    from sandbox import _monitor
+
+    _monitor.ALLOW_FORK = True  # the CLI is single-threaded and exits after the command
     args = parse(_parser(command), argv)
+    from sandbox import lifecycle
     from sandbox.containers import Engine, RunOptions
 
     opts, cmd = options_from_args(args)
     assert isinstance(opts, RunOptions)
-    if args.tty and not os.isatty(0) and args.interactive:
+    if args.tty and not os.isatty(0) and args.interactive and not args.detach:
         raise UsageError("the input device is not a TTY",
                          hint="drop -t, or run from a terminal")
+    if args.detach and args.rm and args.restart != "no":
+        raise UsageError("conflicting options: --restart and --rm")
+    host = host_options_from_args(args)
     engine = Engine()
-    if args.detach:
-        raise UsageError("detached containers (-d) are not available in this build yet")
-    spec = engine.create(args.image, cmd, opts)
-    if command == "create":
-        sys.stdout.write(spec.id + "\n")
-        return 0
+    lifecycle.cleanup_stale(engine)
     if args.dry_run:
+        spec = engine.create(args.image, cmd, opts)
         from sandbox.runtime.plan import build_plan, format_plan
 
         sys.stdout.write(format_plan(build_plan(spec)) + "\n")
         engine.remove_dir(spec.id)
         return 0
-    return engine.run(spec)
+    monitored = not args.detach and (bool(host.ports) or host.publish_all or
+                                     host.restart != "no")
+    if monitored and opts.remove:
+        import dataclasses
+
+        # the CLI removes it after printing its output (the monitor would race the reader)
+        spec = lifecycle.create(engine, args.image, cmd, dataclasses.replace(opts, remove=False),
+                                host)
+        try:
+            return _run_monitored(engine, spec)
+        finally:
+            lifecycle.remove(engine, spec.id, force=True, volumes=True)
+    spec = lifecycle.create(engine, args.image, cmd, opts, host)
+    if command == "create":
+        sys.stdout.write(spec.id + "\n")
+        return 0
+    if args.detach:
+        lifecycle.start(engine, spec)
+        sys.stdout.write(spec.id + "\n")
+        return 0
+    if monitored:
+        return _run_monitored(engine, spec)
+    return lifecycle.run_foreground(engine, spec)
+
+
+def _run_monitored(engine: Any, spec: Any) -> int:
+    """A foreground run that needs the monitor (ports, restart): start, attach, wait."""
+    import signal
+
+    from sandbox import lifecycle
+    from sandbox._attach import DETACHED, attach_client
+
+    lifecycle.start(engine, spec)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            lifecycle.kill(engine, spec.id, str(signum))
+        except Exception:  # noqa: BLE001 - the container may be gone already
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    if not spec.interactive:
+        from sandbox.cli.containers import follow_output
+
+        return follow_output(engine, spec.id)
+    try:
+        if attach_client(spec.container_dir, stdin=True, tty=spec.tty) == DETACHED:
+            return 0
+    except OSError:
+        pass
+    return lifecycle.wait(engine, spec.id)

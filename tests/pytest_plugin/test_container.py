@@ -199,9 +199,9 @@ def test_sandbox_build_once_and_run(pytester: pytest.Pytester, run_inner, tmp_pa
     """sandbox.build(): a Dockerfile over an imported busybox image, built once per run."""
     from pathlib import Path
 
-    from conftest import busybox_available
+    from imagekit import busybox_path
 
-    if not busybox_available():
+    if not (busybox_path() is not None):
         pytest.skip("needs busybox-static for a base image")
     try:
         import sandbox.build.builder  # noqa: F401

@@ -1,0 +1,153 @@
+"""Container state on disk, and process identity checks (no daemon: files are the truth).
+
+``containers/<id>/state.json`` is written by whoever owns the container's processes: the monitor
+of a detached container, or the CLI of a foreground run. Every process identity stored there is
+a pair (pid, start time in clock ticks from ``/proc/PID/stat``), so a recycled pid is never
+mistaken for the container's (DESIGN decision 5). ``hostconfig.json`` holds what ``run``/``create``
+asked for beyond the spec (ports, volumes, restart policy, stop signal, limits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["proc_start_time", "alive", "rfc3339", "parse_time", "read_state", "write_state",
+           "update_state", "read_hostconfig", "write_hostconfig", "state_lock", "EXIT_SUFFIX",
+           "container_processes", "children_of"]
+
+EXIT_SUFFIX = ".exit"  # containers/<id>.exit: the last status of an --rm container
+
+
+def proc_start_time(pid: int) -> int:
+    """Field 22 of ``/proc/PID/stat`` (start time in ticks), 0 if the process is gone."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        if fields[0] == b"Z":
+            return 0  # a zombie is as good as gone
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def alive(pid: int, start: int) -> bool:
+    """True when ``pid`` runs and is the same process that was recorded (same start time)."""
+    return pid > 0 and start > 0 and proc_start_time(pid) == start
+
+
+def rfc3339(ts: float | None = None) -> str:
+    """Docker's timestamp shape: ``2024-01-02T03:04:05.123456789Z``."""
+    ts = time.time() if ts is None else ts
+    whole = int(ts)
+    nanos = int(round((ts - whole) * 1e9))
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{nanos:09d}Z"
+
+
+def parse_time(text: str) -> float:
+    """The inverse of ``rfc3339`` (also accepts no fraction); 0.0 for an empty string."""
+    if not text or text.startswith("0001-"):
+        return 0.0
+    import calendar
+
+    main, _, frac = text.rstrip("Z").partition(".")
+    base = calendar.timegm(time.strptime(main[:19], "%Y-%m-%dT%H:%M:%S"))
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def _state_path(cdir: str) -> str:
+    return os.path.join(cdir, "state.json")
+
+
+def read_state(cdir: str) -> dict[str, Any]:
+    try:
+        with open(_state_path(cdir), "rb") as f:
+            data: dict[str, Any] = json.loads(f.read())
+    except FileNotFoundError:
+        return {"status": "created"}
+    except ValueError:
+        return {"status": "dead", "error": "state.json is corrupt"}
+    return data
+
+
+def write_state(cdir: str, state: dict[str, Any]) -> None:
+    """Atomic: a temp file in the same directory, then rename."""
+    tmp = os.path.join(cdir, f".state-{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, _state_path(cdir))
+
+
+def update_state(cdir: str, **changes: Any) -> dict[str, Any]:
+    state = read_state(cdir)
+    state.update(changes)
+    write_state(cdir, state)
+    return state
+
+
+def read_hostconfig(cdir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(cdir, "hostconfig.json"), "rb") as f:
+            data: dict[str, Any] = json.loads(f.read())
+            return data
+    except (OSError, ValueError):
+        return {}
+
+
+def write_hostconfig(cdir: str, data: dict[str, Any]) -> None:
+    tmp = os.path.join(cdir, ".hostconfig.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, os.path.join(cdir, "hostconfig.json"))
+
+
+@contextlib.contextmanager
+def state_lock(cdir: str) -> Iterator[None]:
+    """An ``flock`` on ``containers/<id>/lock`` (it goes away with the directory)."""
+    fd = os.open(os.path.join(cdir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a forked copy of fd must not keep it
+        os.close(fd)
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _ns_id(pid: int | str, ns: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{ns}")
+    except OSError:
+        return ""
+
+
+def container_processes(init_pid: int) -> list[int]:
+    """Host pids of every process in the PID namespace whose init is ``init_pid``."""
+    target = _ns_id(init_pid, "pid")
+    if not target:
+        return []
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _ns_id(name, "pid") == target:
+            out.append(int(name))
+    return sorted(out)

@@ -1,0 +1,353 @@
+"""``inspect`` in Docker's JSON shape, ``top`` and ``stats`` from ``/proc``, and the
+``hostconfig.json`` record written at create time."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from sandbox import _cstate as cs
+
+if TYPE_CHECKING:
+    from sandbox.containers import Engine, RunOptions
+    from sandbox.images import Image
+    from sandbox.lifecycle import ContainerState, HostOptions
+
+__all__ = ["hostconfig_record", "inspect_container", "top_rows", "sample_stats",
+           "format_template"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def hostconfig_record(image: Image, opts: RunOptions, host: HostOptions,
+                      volumes: list[dict[str, Any]], cmd: list[str]) -> dict[str, Any]:
+    ports = [{"container_port": b.container_port, "proto": b.proto, "host_ip": b.host_ip,
+              "host_port": b.host_port} for b in host.ports]
+    if host.publish_all:
+        have = {f"{p['container_port']}/{p['proto']}" for p in ports}
+        for key in (image.run_config.get("ExposedPorts") or {}):
+            num, _, proto = key.partition("/")
+            if f"{num}/{proto or 'tcp'}" not in have:
+                ports.append({"container_port": int(num), "proto": proto or "tcp",
+                              "host_ip": "", "host_port": 0})
+    if opts.network == "host":
+        ports = []
+    return {
+        "ports": ports, "publish_all": host.publish_all, "restart": host.restart,
+        "stop_signal": host.stop_signal,
+        "image_stop_signal": image.run_config.get("StopSignal") or "",
+        "stop_timeout": host.stop_timeout, "init": host.init, "ulimits": list(host.ulimits),
+        "add_hosts": list(host.add_hosts), "dns": list(host.dns),
+        "dns_search": list(host.dns_search), "memory": host.memory,
+        "nano_cpus": host.nano_cpus, "pids_limit": host.pids_limit,
+        "log_max_size": _size(host.log_opts.get("max-size")),
+        "log_max_file": int(host.log_opts.get("max-file") or 0),
+        "volumes": volumes, "cmd": list(cmd),
+        "exposed": sorted(image.run_config.get("ExposedPorts") or {}),
+        "image_volumes": sorted(image.run_config.get("Volumes") or {}),
+        "labels_image": image.run_config.get("Labels") or {},
+    }
+
+
+def _size(text: str | None) -> int:
+    if not text:
+        return 0
+    from sandbox._logs import parse_size
+
+    return parse_size(text)
+
+
+def _created(cfg: dict[str, Any]) -> str:
+    return cs.rfc3339(float(cfg.get("created") or 0))
+
+
+def inspect_container(engine: Engine, cid: str, cfg: dict[str, Any], st: dict[str, Any],
+                      hc: dict[str, Any]) -> dict[str, Any]:
+    spec = cfg["spec"]
+    status = st.get("status", "created")
+    live = status in ("running", "paused")
+    ports: dict[str, Any] = {}
+    for p in hc.get("ports", []):
+        ports.setdefault(f"{p['container_port']}/{p['proto']}", None)
+    for key, binds in (st.get("ports") or {}).items():
+        if live:
+            ports[key] = [{"HostIp": ip, "HostPort": str(hp)} for ip, hp in binds]
+    mounts = []
+    vol_targets = {v["target"]: v for v in hc.get("volumes", [])}
+    for m in spec.get("mounts", []):
+        v = vol_targets.get(m["target"])
+        if v is not None:
+            mounts.append({"Type": "volume", "Name": v["name"], "Source": m["source"],
+                           "Destination": m["target"], "Driver": "local", "Mode": "z",
+                           "RW": not m.get("readonly"), "Propagation": ""})
+        else:
+            mounts.append({"Type": m["type"], "Source": m.get("source", ""),
+                           "Destination": m["target"], "Mode": "",
+                           "RW": not m.get("readonly"), "Propagation": "rprivate"})
+    argv = list(spec.get("argv") or [])
+    rootfs = spec.get("rootfs", {})
+    return {
+        "Id": cid, "Created": _created(cfg), "Path": argv[0] if argv else "",
+        "Args": argv[1:],
+        "State": {
+            "Status": status, "Running": status == "running" or status == "paused",
+            "Paused": status == "paused", "Restarting": False, "OOMKilled": False,
+            "Dead": status == "dead", "Pid": int(st.get("pid") or 0) if live else 0,
+            "ExitCode": int(st.get("exit_code") or 0), "Error": st.get("error", ""),
+            "StartedAt": st.get("started_at") or "0001-01-01T00:00:00Z",
+            "FinishedAt": st.get("finished_at") or "0001-01-01T00:00:00Z",
+        },
+        "Image": spec.get("image_id", ""), "Name": "/" + str(cfg.get("name", "")),
+        "RestartCount": int(st.get("restart_count") or 0), "Driver": rootfs.get("driver", ""),
+        "Platform": "linux",
+        "ResolvConfPath": os.path.join(spec["container_dir"], "resolv.conf"),
+        "HostnamePath": os.path.join(spec["container_dir"], "hostname"),
+        "HostsPath": os.path.join(spec["container_dir"], "hosts"),
+        "LogPath": os.path.join(spec["container_dir"], "log.json"),
+        "HostConfig": {
+            "NetworkMode": spec.get("network", "none"), "AutoRemove": bool(spec.get("remove")),
+            "PortBindings": {f"{p['container_port']}/{p['proto']}": [
+                {"HostIp": p["host_ip"], "HostPort": str(p["host_port"] or "")}]
+                for p in hc.get("ports", [])},
+            "PublishAllPorts": bool(hc.get("publish_all")),
+            "RestartPolicy": {"Name": (hc.get("restart") or "no").partition(":")[0],
+                              "MaximumRetryCount": int((hc.get("restart") or "no:0").partition(
+                                  ":")[2] or 0)},
+            "ReadonlyRootfs": bool(spec.get("readonly_rootfs")), "Init": bool(hc.get("init")),
+            "Binds": [f"{m['source']}:{m['target']}" + (":ro" if m.get("readonly") else "")
+                      for m in spec.get("mounts", []) if m["type"] == "bind"
+                      and m["target"] not in vol_targets],
+            "Tmpfs": {m["target"]: ",".join(m.get("options", [])) for m in spec.get(
+                "mounts", []) if m["type"] == "tmpfs"},
+            "ExtraHosts": hc.get("add_hosts") or None, "Dns": hc.get("dns") or [],
+            "DnsSearch": hc.get("dns_search") or [],
+            "Memory": int(hc.get("memory") or 0), "NanoCpus": int(hc.get("nano_cpus") or 0),
+            "PidsLimit": int(hc.get("pids_limit") or 0) or None,
+            "Ulimits": [{"Name": u["name"], "Soft": u["soft"], "Hard": u["hard"]}
+                        for u in hc.get("ulimits", [])],
+            "CapAdd": None, "CapDrop": None, "Privileged": False,
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        },
+        "GraphDriver": {"Name": rootfs.get("driver", ""), "Data": {
+            "LowerDir": ":".join(rootfs.get("lowers", [])), "UpperDir": rootfs.get("upper", ""),
+            "WorkDir": rootfs.get("work", ""), "MergedDir": rootfs.get("mountpoint", "")}},
+        "Mounts": mounts,
+        "Config": {
+            "Hostname": spec.get("hostname", ""), "User": spec.get("user", ""),
+            "AttachStdin": False, "Tty": bool(spec.get("tty")),
+            "OpenStdin": bool(spec.get("interactive")),
+            "ExposedPorts": {k: {} for k in set(hc.get("exposed", [])) | set(ports)} or None,
+            "Env": list(spec.get("env", [])), "Cmd": hc.get("cmd") or argv,
+            "Image": spec.get("image", ""),
+            "Volumes": {v: {} for v in hc.get("image_volumes", [])} or None,
+            "WorkingDir": spec.get("workdir", ""), "Entrypoint": None,
+            "Labels": {**(hc.get("labels_image") or {}), **(spec.get("labels") or {})},
+            "StopSignal": hc.get("stop_signal") or hc.get("image_stop_signal") or "SIGTERM",
+            "StopTimeout": hc.get("stop_timeout"),
+        },
+        "NetworkSettings": {"Ports": ports, "IPAddress": "", "Networks": {
+            spec.get("network", "none"): {}}},
+    }
+
+
+# -- templates ------------------------------------------------------------------------------
+
+def _lookup(obj: Any, path: str) -> Any:
+    for part in [p for p in path.split(".") if p]:
+        if isinstance(obj, dict):
+            if part in obj:
+                obj = obj[part]
+            else:
+                low = {k.lower(): v for k, v in obj.items() if isinstance(k, str)}
+                obj = low.get(part.lower())
+        else:
+            obj = getattr(obj, part, None)
+    return obj
+
+
+def _render(value: Any) -> str:
+    import json
+
+    if value is None:
+        return "<no value>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        if isinstance(value, dict):
+            return "map[" + " ".join(f"{k}:{_render(v)}" for k, v in sorted(value.items())) + "]"
+        return "[" + " ".join(_render(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if not isinstance(value, bytes) else json.dumps(value.decode())
+
+
+def format_template(fmt: str, obj: Any) -> str:
+    """Go-template subset: ``{{.A.B}}``, ``{{json .A}}``, ``{{index .A "k"}}``, ``{{upper .X}}``,
+    ``{{lower .X}}``, ``{{join .L ","}}``; ``\\t``/``\\n`` escapes as docker's ``--format``."""
+    import json
+    import re
+    import shlex
+
+    def expr(m: re.Match[str]) -> str:
+        words = shlex.split(m.group(1).strip())
+        if not words:
+            return ""
+        fn, args = (words[0], words[1:]) if not words[0].startswith(".") else ("", words)
+        vals = [_lookup(obj, a) if a.startswith(".") else a for a in args]
+        if fn == "json":
+            return json.dumps(vals[0] if vals else obj)
+        if fn == "index":
+            base = vals[0]
+            for key in vals[1:]:
+                base = base.get(key) if isinstance(base, dict) else (
+                    base[int(key)] if isinstance(base, list) else None)
+            return _render(base)
+        if fn in ("upper", "lower", "title"):
+            return str(getattr(_render(vals[0]), fn)())
+        if fn == "join":
+            return str(vals[1]).join(_render(v) for v in (vals[0] or []))
+        if fn == "len":
+            return str(len(vals[0] or []))
+        if fn == "println":
+            return " ".join(_render(v) for v in vals) + "\n"
+        if fn:
+            return _render(_lookup(obj, fn)) if fn.startswith(".") else fn
+        return _render(vals[0] if vals else obj)
+
+    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
+    if fmt.strip() == "json":
+        return json.dumps(obj)
+    return re.sub(r"\{\{-?(.*?)-?\}\}", expr, fmt)
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode(errors="replace")
+    return data[data.rfind(")") + 2:].split()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    return " ".join(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0"))
+
+
+def _uid_name(pid: int) -> str:
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "?"
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def top_rows(init_pid: int) -> tuple[list[str], list[list[str]]]:
+    """``ps -ef``-shaped rows for the container's processes (host pids, as Docker's top)."""
+    with open("/proc/uptime") as f:
+        boot = time.time() - float(f.read().split()[0])
+    rows = []
+    for pid in cs.container_processes(init_pid):
+        try:
+            fields = _stat(pid)
+        except OSError:
+            continue
+        start = boot + int(fields[19]) / _TICKS
+        cpu_s = (int(fields[11]) + int(fields[12])) // _TICKS
+        tty = "?" if int(fields[4]) == 0 else f"pts/{os.minor(int(fields[4]))}"
+        rows.append([_uid_name(pid), str(pid), fields[1], "0",
+                     time.strftime("%H:%M", time.localtime(start)), tty,
+                     time.strftime("%H:%M:%S", time.gmtime(cpu_s)), _cmdline(pid) or f"[{pid}]"])
+    return ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            f = _stat(pid)
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _mem(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _net(init_pid: int) -> tuple[int, int]:
+    rx = tx = 0
+    try:
+        with open(f"/proc/{init_pid}/net/dev") as f:
+            for line in f.readlines()[2:]:
+                _, _, rest = line.partition(":")
+                cols = rest.split()
+                rx += int(cols[0])
+                tx += int(cols[8])
+    except (OSError, IndexError, ValueError):
+        pass
+    return rx, tx
+
+
+def _blk(pids: list[int]) -> tuple[int, int]:
+    r = w = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k == "read_bytes":
+                        r += int(v)
+                    elif k == "write_bytes":
+                        w += int(v)
+        except (OSError, ValueError):
+            continue
+    return r, w
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sample_stats(targets: list[ContainerState], interval: float) -> list[dict[str, Any]]:
+    """One ``stats --no-stream`` sample per container: CPU over ``interval``, memory, net, io."""
+    first = {s.id: _cpu_ticks(cs.container_processes(s.init_pid)) for s in targets}
+    t0 = time.monotonic()
+    if targets:
+        time.sleep(interval)
+    dt = max(time.monotonic() - t0, 1e-6)
+    total = _mem_total()
+    out = []
+    for s in targets:
+        pids = cs.container_processes(s.init_pid)
+        cpu = (_cpu_ticks(pids) - first[s.id]) / _TICKS / dt * 100
+        mem = _mem(pids)
+        rx, tx = _net(s.init_pid)
+        br, bw = _blk(pids)
+        out.append({"ID": s.id, "Name": s.name, "CPUPerc": cpu, "MemUsage": mem,
+                    "MemLimit": total, "MemPerc": mem / total * 100 if total else 0.0,
+                    "NetRx": rx, "NetTx": tx, "BlockRead": br, "BlockWrite": bw,
+                    "PIDs": len(pids)})
+    return out

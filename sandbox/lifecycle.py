@@ -1,0 +1,631 @@
+"""Container lifecycle without a daemon: detached containers, exec, stop, logs, files, ports.
+
+State lives in files under ``containers/<id>/`` (``sandbox._cstate``); a detached container is
+owned by its monitor (``sandbox._monitor``), a foreground one by the CLI that runs it. Every
+reader checks the owner's (pid, start time) before believing ``running``: a SIGKILLed owner is
+found and its container recorded as exited (``cleanup_stale``).
+
+The public API is this module's ``__all__``; the CLI (``sandbox.cli.containers``) and the pytest
+plugin use nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal as _signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sandbox import _control as _ctl
+from sandbox import _cstate as cs
+from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream
+from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
+
+if TYPE_CHECKING:
+    from sandbox.containers import Engine, RunOptions
+    from sandbox.images import Image
+    from sandbox.spec import ContainerSpec
+
+__all__ = [
+    "ContainerState", "ExecResult", "HostOptions", "ContainerNotRunning", "ExecTimeout",
+    "WaitTimeout", "create", "start", "run_detached", "run_foreground", "exec_run",
+    "exec_stream", "state", "list_containers", "stop", "restart", "kill", "remove", "wait",
+    "logs", "diff", "copy_from", "copy_to", "export", "port", "commit", "pause", "unpause",
+    "inspect", "rename", "top", "stats", "prune", "cleanup_stale", "parse_signal",
+]
+
+_LIVE = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    name: str
+    status: str  # created | running | paused | exited | dead
+    pid: int
+    init_pid: int
+    exit_code: int | None
+    started_at: str
+    finished_at: str
+    image: str
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """What ``run``/``create`` ask for beyond ``RunOptions`` (Docker's HostConfig)."""
+
+    ports: tuple[Any, ...] = ()          # sandbox._ports.PortBinding
+    publish_all: bool = False
+    restart: str = "no"
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    init: bool = False
+    ulimits: tuple[dict[str, Any], ...] = ()
+    add_hosts: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    memory: int = 0
+    nano_cpus: int = 0
+    pids_limit: int = 0
+    log_opts: dict[str, str] = field(default_factory=dict)
+
+
+class ContainerNotRunning(InvalidStateTransition):
+    """The operation needs a running container."""
+
+    def __init__(self, name: str, status: str, to: str = "exec") -> None:
+        super().__init__(status, to, name=name)
+        self.message = f"container {name} is not running"
+
+
+class WaitTimeout(SandboxError, TimeoutError):
+    """``wait`` hit its timeout."""
+
+
+def parse_signal(sig: str | int) -> int:
+    """``KILL``, ``SIGKILL``, ``9`` → 9."""
+    if isinstance(sig, int):
+        return sig
+    text = str(sig).strip().upper()
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(_signal.Signals[text if text.startswith("SIG") else "SIG" + text])
+    except KeyError:
+        raise SpecError(f"invalid signal: {sig}", hint="use a name like TERM or a number") from None
+
+
+# -- reading state ------------------------------------------------------------------------------
+
+def _resolve(engine: Engine, ref: str) -> tuple[str, str, dict[str, Any]]:
+    cid = engine.resolve_container(ref)
+    cdir = engine.store.container_dir(cid)
+    try:
+        cfg = engine.load_config(cid)
+    except (OSError, ValueError):
+        raise ContainerNotFound(f"no such container: {ref}") from None
+    return cid, cdir, cfg
+
+
+def _checked_state(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    st = cs.read_state(cdir)
+    if _owner_died(st):
+        st = _reap_stale(engine, cid, cdir, cfg, st)
+    return st
+
+
+def _owner_died(st: dict[str, Any]) -> bool:
+    """A live status whose recorded owner (monitor or foreground CLI) is gone. A state without
+    an owner (``Engine.run`` of the runtime core) is trusted as it is."""
+    return st.get("status") in _LIVE and "monitor_pid" in st and not cs.alive(
+        int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0))
+
+
+def _to_state(cid: str, cfg: dict[str, Any], st: dict[str, Any]) -> ContainerState:
+    status = str(st.get("status", "created"))
+    live = status in _LIVE
+    return ContainerState(
+        id=cid, name=str(cfg.get("name", "")), status=status,
+        pid=int(st.get("pid") or 0) if live else 0,
+        init_pid=int(st.get("init_pid") or 0) if live else 0,
+        exit_code=int(st.get("exit_code") or 0) if status in ("exited", "dead") else None,
+        started_at=str(st.get("started_at") or "0001-01-01T00:00:00Z"),
+        finished_at=str(st.get("finished_at") or "0001-01-01T00:00:00Z"),
+        image=str(cfg.get("spec", {}).get("image", "")))
+
+
+def state(engine: Engine, ref: str) -> ContainerState:
+    cid, cdir, cfg = _resolve(engine, ref)
+    return _to_state(cid, cfg, _checked_state(engine, cid, cdir, cfg))
+
+
+def list_containers(engine: Engine, *, all: bool = False) -> list[ContainerState]:  # noqa: A002
+    out = []
+    for cid in engine.store.iter_containers():
+        cdir = engine.store.container_dir(cid)
+        try:
+            cfg = engine.load_config(cid)
+            st = _checked_state(engine, cid, cdir, cfg)
+        except (OSError, ValueError, SandboxError):
+            continue
+        if not os.path.isdir(cdir):
+            continue
+        if all or st.get("status") in _LIVE:
+            out.append((float(cfg.get("created") or 0), _to_state(cid, cfg, st)))
+    return [s for _, s in sorted(out, key=lambda x: -x[0])]
+
+
+def _spec(cfg: dict[str, Any]) -> ContainerSpec:
+    from sandbox.spec import spec_from_json
+
+    return spec_from_json(json.dumps(cfg["spec"]))
+
+
+# -- stale owners -------------------------------------------------------------------------------
+
+def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
+                st: dict[str, Any]) -> dict[str, Any]:
+    """The owner of a live container died: kill what is left, record the truth."""
+    _ctl.kill_leftovers(st)
+    _ctl.unmount_rootfs(cfg)
+    st.update(status="exited", exit_code=137, pid=0, init_pid=0, cpid=0,
+              finished_at=cs.rfc3339(), error="the container's monitor died (killed?)")
+    remove_it = bool(cfg.get("spec", {}).get("remove"))
+    try:
+        if remove_it:
+            _remove_now(engine, cid, cdir, volumes=True)
+        else:
+            cs.write_state(cdir, st)
+    except OSError:
+        pass
+    return st
+
+
+def cleanup_stale(engine: Engine) -> int:
+    """Fix containers whose owner died; returns how many were fixed."""
+    fixed = 0
+    for cid in list(engine.store.iter_containers()):
+        cdir = engine.store.container_dir(cid)
+        st = cs.read_state(cdir)
+        if not _owner_died(st):
+            continue
+        try:
+            _reap_stale(engine, cid, cdir, engine.load_config(cid), st)
+            fixed += 1
+        except (OSError, ValueError, SandboxError):
+            continue
+    _ctl.prune_exit_files(engine)
+    return fixed
+
+
+# -- create / start ---------------------------------------------------------------------------
+
+def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
+           host: HostOptions | None = None) -> ContainerSpec:
+    """``docker create``: the spec, the volumes and ``hostconfig.json``; status ``created``."""
+    from sandbox import volumes
+    from sandbox._inspect import hostconfig_record
+
+    host = host or HostOptions()
+    img = engine.images.get(image)
+    mounts, vol_records = volumes.prepare_mounts(engine, img, opts.mounts)
+    spec = engine.create(image, cmd, dataclasses.replace(opts, mounts=mounts))
+    try:
+        cs.write_hostconfig(spec.container_dir, hostconfig_record(img, opts, host, vol_records,
+                                                                  cmd))
+        _write_net_files(spec, host)
+        cs.write_state(spec.container_dir, {"status": "created", "created_at": cs.rfc3339()})
+    except BaseException:
+        _ctl.remove_container_dir(engine, spec.id)
+        raise
+    return spec
+
+
+def _write_net_files(spec: ContainerSpec, host: HostOptions) -> None:
+    if host.add_hosts:
+        with open(os.path.join(spec.container_dir, "hosts"), "a") as f:
+            for item in host.add_hosts:
+                name, _, ip = item.partition(":")
+                if ip == "host-gateway":
+                    ip = "127.0.0.1"
+                f.write(f"{ip}\t{name}\n")
+    if host.dns or host.dns_search:
+        with open(os.path.join(spec.container_dir, "resolv.conf"), "w") as f:
+            if host.dns_search:
+                f.write("search " + " ".join(host.dns_search) + "\n")
+            for ns in host.dns:
+                f.write(f"nameserver {ns}\n")
+
+
+def start(engine: Engine, spec: ContainerSpec) -> ContainerState:
+    """Start a created (or exited) container under its monitor; returns once it runs."""
+    from sandbox._monitor import launch
+
+    cdir = spec.container_dir
+    cfg = engine.load_config(spec.id)
+    st = _checked_state(engine, spec.id, cdir, cfg)
+    if st.get("status") in _LIVE:
+        raise InvalidStateTransition(str(st["status"]), "start", name=spec.name)
+    report = launch(engine.store.root, spec.id, engine.mapping.mode)
+    if "error" in report:
+        from sandbox import errors
+
+        info = report["error"]
+        cls = getattr(errors, str(info.get("kind")), SandboxError)
+        if not (isinstance(cls, type) and issubclass(cls, SandboxError)) or cls in (
+                errors.RuntimeSetupError, InvalidStateTransition):
+            cls = SandboxError
+        err = cls(str(info.get("message")))
+        err.exit_code = int(info.get("code", 125))
+        if spec.remove:
+            _remove_now(engine, spec.id, cdir, volumes=True)
+        raise err
+    return _to_state(spec.id, cfg, cs.read_state(cdir))
+
+
+def run_detached(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
+                 host: HostOptions | None = None) -> ContainerState:
+    """``docker run -d``."""
+    spec = create(engine, image, cmd, opts, host)
+    try:
+        return start(engine, spec)
+    except BaseException:
+        if os.path.isdir(spec.container_dir) and cs.read_state(
+                spec.container_dir).get("status") not in _LIVE:
+            if spec.remove:
+                _remove_now(engine, spec.id, spec.container_dir, volumes=True)
+        raise
+
+
+def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
+    """A foreground ``run``: this process owns the container (and is recorded as its owner)."""
+    from sandbox._monitor import _apply_ulimits
+    from sandbox.runtime.process import start as rt_start
+    from sandbox.runtime.process import wait as rt_wait
+
+    cdir = spec.container_dir
+    hc = cs.read_hostconfig(cdir)
+    _apply_ulimits(hc.get("ulimits") or [])
+    started = rt_start(spec, engine.mapping)
+    me = os.getpid()
+    if started.error is None:
+        kids = cs.children_of(started.init_pid)
+        main = kids[0] if kids else 0
+        try:
+            cs.write_state(cdir, {
+                "status": "running", "pid": main, "pid_start": cs.proc_start_time(main),
+                "init_pid": started.init_pid,
+                "init_start": cs.proc_start_time(started.init_pid), "cpid": started.pid,
+                "monitor_pid": me, "monitor_start": cs.proc_start_time(me),
+                "started_at": cs.rfc3339(), "finished_at": "0001-01-01T00:00:00Z",
+                "exit_code": 0, "foreground": True})
+        except OSError:
+            pass
+    code = rt_wait(started, proxy_tty=spec.tty)
+    if started.error is not None:
+        code = started.error.exit_code
+    if spec.remove:
+        if os.path.exists(cdir):
+            _ctl.remove_container_dir(engine, spec.id)
+        _ctl.drop_volumes(engine, hc, anonymous_only=True)
+    else:
+        try:
+            cs.update_state(cdir, status="exited", exit_code=code, finished_at=cs.rfc3339(),
+                            pid=0, init_pid=0, cpid=0,
+                            error=started.error.one_line() if started.error else "")
+        except OSError:
+            pass
+    if started.error is not None:
+        raise started.error
+    return code
+
+
+# -- signals, stop, wait --------------------------------------------------------------------
+
+def kill(engine: Engine, ref: str, signal: str = "KILL") -> None:  # noqa: A002
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    if st.get("status") not in _LIVE:
+        raise ContainerNotRunning(str(cfg.get("name")), str(st.get("status")), "kill")
+    _ctl.send(st, parse_signal(signal))
+
+
+def _wait_recorded(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
+                   timeout: float = 10.0) -> dict[str, Any]:
+    """After the container died: wait until its owner recorded it (or is gone itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not os.path.isdir(cdir):
+            return {"status": "removed"}
+        st = _checked_state(engine, cid, cdir, cfg)
+        if st.get("status") not in _LIVE or time.monotonic() > deadline:
+            return st
+        _ctl.wait_pid_exit(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0),
+                       0.02)
+
+
+def _stop_signal(cfg: dict[str, Any], cdir: str) -> str:
+    hc = cs.read_hostconfig(cdir)
+    return str(hc.get("stop_signal") or hc.get("image_stop_signal") or "SIGTERM")
+
+
+def stop(engine: Engine, ref: str, *, timeout: float | None = 10,
+         signal: str | None = None) -> None:  # noqa: A002
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    if st.get("status") not in _LIVE:
+        if cs.alive(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0)):
+            with cs.state_lock(cdir):
+                cs.update_state(cdir, manual_stop=True)  # between restarts: stay stopped
+        return
+    if timeout is None:
+        timeout = cs.read_hostconfig(cdir).get("stop_timeout")
+        timeout = 10 if timeout is None else timeout
+    try:
+        with cs.state_lock(cdir):
+            st = cs.update_state(cdir, manual_stop=True)
+    except OSError:
+        pass
+    init_pid, init_start = int(st.get("init_pid") or 0), int(st.get("init_start") or 0)
+    if st.get("status") == "paused":
+        _ctl.send(st, _signal.SIGKILL)
+    else:
+        _ctl.send(st, parse_signal(signal or _stop_signal(cfg, cdir)))
+        if not _ctl.wait_pid_exit(init_pid, init_start, float(timeout)):
+            _ctl.send(st, _signal.SIGKILL)
+    _ctl.wait_pid_exit(init_pid, init_start, 10)
+    _wait_recorded(engine, cid, cdir, cfg)
+
+
+def restart(engine: Engine, ref: str, *, timeout: float | None = 10) -> ContainerState:
+    cid, cdir, cfg = _resolve(engine, ref)
+    stop(engine, cid, timeout=timeout)
+    return start(engine, _spec(cfg))
+
+
+def wait(engine: Engine, ref: str, timeout: float | None = None) -> int:
+    try:
+        cid, cdir, cfg = _resolve(engine, ref)
+    except ContainerNotFound:
+        gone = os.path.join(engine.store.containers_dir(), ref)
+        if len(ref) == 64 and os.path.exists(gone + cs.EXIT_SUFFIX):
+            return _ctl.exit_file_code(gone)  # an --rm container that has already gone
+        raise
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if not os.path.isdir(cdir):
+            return _ctl.exit_file_code(cdir)
+        st = _checked_state(engine, cid, cdir, cfg)
+        if st.get("status") in ("exited", "dead"):
+            return int(st.get("exit_code") or 0)
+        left = 0.5 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"container {cfg.get('name')} still running after {timeout}s")
+        if st.get("status") == "created":
+            time.sleep(min(0.05, left))
+            continue
+        _ctl.wait_pid_exit(int(st.get("init_pid") or 0), int(st.get("init_start") or 0),
+                       min(0.5, left))
+        if not cs.alive(int(st.get("init_pid") or 0), int(st.get("init_start") or 0)):
+            _ctl.wait_pid_exit(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0),
+                           0.02)
+
+
+# -- pause ----------------------------------------------------------------------------------
+
+def pause(engine: Engine, ref: str) -> None:
+    cid, cdir, cfg = _resolve(engine, ref)
+    with cs.state_lock(cdir):
+        st = _checked_state(engine, cid, cdir, cfg)
+        if st.get("status") != "running":
+            raise ContainerNotRunning(str(cfg.get("name")), str(st.get("status")), "pause")
+        _ctl.signal_all(st, _signal.SIGSTOP)
+        cs.update_state(cdir, status="paused")
+
+
+def unpause(engine: Engine, ref: str) -> None:
+    cid, cdir, cfg = _resolve(engine, ref)
+    with cs.state_lock(cdir):
+        st = _checked_state(engine, cid, cdir, cfg)
+        if st.get("status") != "paused":
+            raise SandboxError(f"container {cfg.get('name')} is not paused")
+        cs.update_state(cdir, status="running")
+        _ctl.signal_all(st, _signal.SIGCONT)
+
+
+# -- remove -----------------------------------------------------------------------------------
+
+def _remove_now(engine: Engine, cid: str, cdir: str, *, volumes: bool) -> None:
+    hc = cs.read_hostconfig(cdir)
+    try:
+        cfg = engine.load_config(cid)
+        _ctl.unmount_rootfs(cfg)
+    except (OSError, ValueError):
+        pass
+    _ctl.remove_container_dir(engine, cid)
+    try:
+        os.unlink(cdir + cs.EXIT_SUFFIX)
+    except FileNotFoundError:
+        pass
+    if volumes:
+        _ctl.drop_volumes(engine, hc, anonymous_only=True)
+
+
+def remove(engine: Engine, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+    """``rm``: no process, mount or directory of the container is left."""
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    if st.get("status") in _LIVE:
+        if not force:
+            raise SandboxError(f"cannot remove container {cfg.get('name')}: container is "
+                               f"{st.get('status')}", hint="stop the container before removing "
+                                                           "or use rm -f")
+        try:
+            cs.update_state(cdir, manual_stop=True)
+        except OSError:
+            pass
+        _ctl.send(st, _signal.SIGKILL)
+        _ctl.wait_pid_exit(int(st.get("init_pid") or 0), int(st.get("init_start") or 0), 10)
+        _ctl.wait_pid_exit(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0), 10)
+        _ctl.kill_leftovers(st)
+    elif cs.alive(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0)):
+        try:  # a monitor waiting to restart the container (--restart), or finishing up
+            os.kill(int(st["monitor_pid"]), _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _ctl.wait_pid_exit(int(st["monitor_pid"]), int(st.get("monitor_start") or 0), 5)
+    _remove_now(engine, cid, cdir, volumes=volumes)
+
+
+def prune(engine: Engine) -> list[str]:
+    """``container prune``: remove every stopped container."""
+    cleanup_stale(engine)
+    removed = []
+    for s in list_containers(engine, all=True):
+        if s.status in ("exited", "dead", "created"):
+            try:
+                remove(engine, s.id)
+                removed.append(s.id)
+            except SandboxError:
+                continue
+    return removed
+
+
+def rename(engine: Engine, ref: str, new_name: str) -> None:
+    from sandbox.containers import _check_name
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    _check_name(new_name)
+    with engine.store.lock("names"):
+        names = engine.container_names()
+        if new_name in names and names[new_name] != cid:
+            raise SandboxError(f'the container name "/{new_name}" is already in use by '
+                               f'container "{names[new_name]}"')
+        cfg["name"] = new_name
+        cfg["spec"]["name"] = new_name
+        engine.store.write_json(os.path.join(cdir, "config.json"), cfg)
+
+
+# -- logs, ports --------------------------------------------------------------------------------
+
+def logs(engine: Engine, ref: str, *, stdout: bool = True, stderr: bool = True,
+         tail: int | None = None, since: Any = None, until: Any = None, follow: bool = False,
+         timestamps: bool = False) -> Iterator[tuple[str, bytes]]:
+    from sandbox._logs import parse_since, read_log
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    streams = tuple(s for s, on in (("stdout", stdout), ("stderr", stderr)) if on)
+
+    def running() -> bool:
+        return os.path.isdir(cdir) and _checked_state(engine, cid, cdir, cfg).get(
+            "status") in _LIVE
+
+    return read_log(os.path.join(cdir, "log.json"), streams=streams, tail=tail,
+                    since=parse_since(since), until=parse_since(until), follow=follow,
+                    timestamps=timestamps, running=running)
+
+
+def port(engine: Engine, ref: str, container_port: int | None = None,
+         proto: str = "tcp") -> list[tuple[str, int]]:
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    if st.get("status") not in _LIVE:
+        return []
+    out = []
+    for key, binds in (st.get("ports") or {}).items():
+        if container_port is None or key == f"{container_port}/{proto}":
+            out += [(str(ip), int(p)) for ip, p in binds]
+    return out
+
+
+# -- files, images, inspection (sandbox._commit, sandbox._inspect) --------------------------------
+
+def diff(engine: Engine, ref: str) -> list[tuple[str, str]]:
+    from sandbox._commit import container_diff
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    return container_diff(engine, cfg)
+
+
+def _file_request(engine: Engine, ref: str, op: str, **kw: Any) -> dict[str, Any]:
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    running = st.get("status") in _LIVE
+    return {"op": op, "running": running, "init_pid": st.get("init_pid", 0),
+            "init_start": st.get("init_start", 0), "spec": cfg["spec"],
+            "name": cfg.get("name", cid[:12]), "map_mode": engine.mapping.mode, **kw}
+
+
+def copy_from(engine: Engine, ref: str, src: str, dest: str, *, follow_links: bool = False,
+              out: Any = None) -> None:
+    """``cp CONTAINER:SRC DEST`` (``dest == "-"``: a tar on ``out`` or stdout)."""
+    from sandbox._commit import copy_from_container
+
+    copy_from_container(_file_request(engine, ref, "cp_out", path=src, follow=follow_links),
+                        dest, out=out)
+
+
+def copy_to(engine: Engine, ref: str, src: str, dest: str, *, stdin: Any = None) -> None:
+    """``cp SRC CONTAINER:DEST`` (``src == "-"``: a tar from ``stdin``)."""
+    from sandbox._commit import copy_into_container
+
+    copy_into_container(_file_request(engine, ref, "cp_in", path=dest), src, stdin=stdin)
+
+
+def export(engine: Engine, ref: str, out: Any) -> None:
+    """``export``: the container's filesystem as a tar written to the binary stream ``out``."""
+    from sandbox._commit import run_file_helper
+
+    run_file_helper(_file_request(engine, ref, "export"), stdout=out)
+
+
+def commit(engine: Engine, ref: str, name: str | None, *, message: str = "",
+           changes: dict[str, Any] | None = None, author: str = "",
+           pause_container: bool = True) -> Image:
+    from sandbox._commit import commit_container
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    paused = False
+    if pause_container and st.get("status") == "running":
+        pause(engine, cid)
+        paused = True
+    try:
+        return commit_container(engine, cfg, name, message=message, changes=changes or {},
+                                author=author)
+    finally:
+        if paused:
+            unpause(engine, cid)
+
+
+def inspect(engine: Engine, ref: str) -> dict[str, Any]:
+    from sandbox._inspect import inspect_container
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    return inspect_container(engine, cid, cfg, st, cs.read_hostconfig(cdir))
+
+
+def top(engine: Engine, ref: str) -> tuple[list[str], list[list[str]]]:
+    from sandbox._inspect import top_rows
+
+    cid, cdir, cfg = _resolve(engine, ref)
+    st = _checked_state(engine, cid, cdir, cfg)
+    if st.get("status") not in _LIVE:
+        raise ContainerNotRunning(str(cfg.get("name")), str(st.get("status")), "top")
+    return top_rows(int(st["init_pid"]))
+
+
+def stats(engine: Engine, refs: Sequence[str] = (), *, interval: float = 0.5
+          ) -> list[dict[str, Any]]:
+    from sandbox._inspect import sample_stats
+
+    targets = []
+    for s in (list_containers(engine) if not refs else [state(engine, r) for r in refs]):
+        if s.status in _LIVE:
+            targets.append(s)
+    return sample_stats(targets, interval)

@@ -1,0 +1,356 @@
+"""Detached containers through the Python API (``sandbox.lifecycle``), as the pytest plugin
+uses it: start, exec, logs, stop, pause, remove, and what survives a SIGKILLed monitor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox import _cstate as cs
+from sandbox import lifecycle as lc
+from sandbox.containers import Engine, RunOptions
+from sandbox.errors import SandboxError
+from sandbox.store import Store
+
+pytestmark = pytest.mark.requires_userns
+
+LOOP = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; "
+        "sleep 0.05; done")
+
+
+@pytest.fixture
+def engine(session_store: Path, busybox_image: str):
+    eng = Engine(Store(session_store))
+    made: list[str] = []
+    eng.made = made  # type: ignore[attr-defined]
+    yield eng
+    for s in lc.list_containers(eng, all=True):
+        if s.id in made:
+            lc.remove(eng, s.id, force=True, volumes=True)
+
+
+def run_d(engine, cmd, **kw) -> lc.ContainerState:
+    host = kw.pop("host", None)
+    s = lc.run_detached(engine, "busybox", cmd, RunOptions(**kw), host)
+    engine.made.append(s.id)
+    return s
+
+
+def no_processes_left(init_pid: int, start: int) -> bool:
+    return not cs.alive(init_pid, start)
+
+
+def test_run_detached_returns_running_state_with_host_pids(engine):
+    s = run_d(engine, ["sleep", "30"], name=f"det-{os.getpid()}")
+    assert s.status == "running" and s.exit_code is None
+    assert s.init_pid > 0 and s.pid > 0 and s.pid != s.init_pid
+    with open(f"/proc/{s.pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"sleep"
+    assert lc.state(engine, s.name).id == s.id
+    assert s.id in [c.id for c in lc.list_containers(engine)]
+
+
+def test_exec_sees_the_same_processes_files_and_hostname(engine):
+    s = run_d(engine, ["sh", "-c", "echo marker > /tmp/m; exec sleep 30"], hostname="boxy")
+    time.sleep(0.1)
+    r = lc.exec_run(engine, s.id, ["sh", "-c", "cat /tmp/m; hostname; ps -o pid,args"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "marker" and lines[1] == "boxy"
+    assert any(ln.split(None, 1)[1:] == ["sleep 30"] for ln in lines[2:])
+    assert os.readlink(f"/proc/{s.init_pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+
+
+def test_exec_exit_statuses_follow_docker(engine):
+    s = run_d(engine, ["sleep", "30"])
+    assert lc.exec_run(engine, s.id, ["sh", "-c", "exit 7"]).returncode == 7
+    r = lc.exec_run(engine, s.id, ["no-such-command"])
+    assert r.returncode == 127 and b"executable file not found" in r.stderr
+    assert lc.exec_run(engine, s.id, ["/etc/passwd"]).returncode == 126
+    assert lc.exec_run(engine, s.id, ["sh", "-c", "kill -TERM $$"]).returncode == 143
+
+
+def test_exec_env_workdir_input_and_timeout(engine):
+    s = run_d(engine, ["sleep", "30"], env=("A=from-run",))
+    r = lc.exec_run(engine, s.id, ["sh", "-c", "echo $A $B; pwd; cat"], env=["B=from-exec"],
+                    workdir="/etc", input=b"piped\n")
+    assert r.stdout.decode().split("\n")[:3] == ["from-run from-exec", "/etc", "piped"]
+    t0 = time.monotonic()
+    with pytest.raises(lc.ExecTimeout):
+        lc.exec_run(engine, s.id, ["sleep", "20"], timeout=0.5)
+    assert time.monotonic() - t0 < 6
+    procs = lc.exec_run(engine, s.id, ["ps", "-o", "args"]).stdout.decode()
+    assert "sleep 20" not in procs
+
+
+def test_exec_from_a_threaded_caller(engine):
+    s = run_d(engine, ["sleep", "30"])
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        lc.exec_run(engine, s.id, ["true"]).returncode)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0, 0, 0]
+
+
+def test_exec_into_a_stopped_container_is_refused(engine):
+    s = run_d(engine, ["true"])
+    assert lc.wait(engine, s.id, timeout=10) == 0
+    with pytest.raises(lc.ContainerNotRunning):
+        lc.exec_run(engine, s.id, ["true"])
+
+
+def test_wait_returns_the_exit_code_and_state_records_it(engine):
+    s = run_d(engine, ["sh", "-c", "sleep 0.2; exit 3"])
+    assert lc.wait(engine, s.id, timeout=10) == 3
+    st = lc.state(engine, s.id)
+    assert st.status == "exited" and st.exit_code == 3 and st.pid == 0
+    assert cs.parse_time(st.finished_at) >= cs.parse_time(st.started_at)
+    with pytest.raises(lc.WaitTimeout):
+        lc.wait(engine, run_d(engine, ["sleep", "30"]).id, timeout=0.2)
+
+
+def test_logs_keep_stdout_and_stderr_apart_and_tail(engine):
+    s = run_d(engine, ["sh", "-c", "echo out1; echo err1 >&2; echo out2"])
+    lc.wait(engine, s.id, timeout=10)
+    assert list(lc.logs(engine, s.id, stderr=False)) == [("stdout", b"out1\n"),
+                                                          ("stdout", b"out2\n")]
+    assert list(lc.logs(engine, s.id, stdout=False)) == [("stderr", b"err1\n")]
+    assert list(lc.logs(engine, s.id, stderr=False, tail=1)) == [("stdout", b"out2\n")]
+    stamped = list(lc.logs(engine, s.id, stderr=False, timestamps=True, tail=1))[0][1]
+    assert stamped.split(b" ", 1)[1] == b"out2\n" and stamped[:4].isdigit()
+
+
+def test_logs_follow_streams_until_the_container_ends(engine):
+    s = run_d(engine, ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"])
+    t0 = time.monotonic()
+    seen = []
+    for _stream, line in lc.logs(engine, s.id, follow=True):
+        seen.append((time.monotonic() - t0, line))
+    assert [ln for _, ln in seen] == [f"line{i}\n".encode() for i in range(1, 6)]
+    assert seen[0][0] < seen[-1][0] - 0.4  # lines arrived as they were written
+
+
+def test_stop_sends_the_stop_signal_first(engine):
+    s = run_d(engine, ["sh", "-c", "trap 'echo got-usr1; exit 3' USR1; "
+                       "while true; do sleep 0.05; done"],
+              host=lc.HostOptions(stop_signal="USR1"))
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    lc.stop(engine, s.id, timeout=5)
+    assert time.monotonic() - t0 < 3
+    st = lc.state(engine, s.id)
+    assert st.status == "exited" and st.exit_code == 3
+    assert ("stdout", b"got-usr1\n") in list(lc.logs(engine, s.id))
+
+
+def test_stop_kills_after_the_timeout(engine):
+    s = run_d(engine, ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"])
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    lc.stop(engine, s.id, timeout=1)
+    took = time.monotonic() - t0
+    assert 0.9 < took < 5
+    st = lc.state(engine, s.id)
+    assert st.exit_code == 137 and no_processes_left(s.init_pid, 1)
+
+
+def test_kill_with_a_signal_reaches_the_command(engine):
+    s = run_d(engine, ["sh", "-c", "trap 'exit 42' HUP; while true; do sleep 0.05; done"])
+    time.sleep(0.2)
+    lc.kill(engine, s.id, "HUP")
+    assert lc.wait(engine, s.id, timeout=5) == 42
+
+
+def _count(engine, cid) -> int:
+    return int(lc.exec_run(engine, cid, ["cat", "/tmp/count"]).stdout or b"0") \
+        if lc.state(engine, cid).status == "running" else -1
+
+
+def test_pause_freezes_every_process(engine):
+    s = run_d(engine, ["sh", "-c", LOOP])
+    time.sleep(0.3)
+    lc.pause(engine, s.id)
+    assert lc.state(engine, s.id).status == "paused"
+    upper = Path(engine.load_config(s.id)["spec"]["rootfs"]["upper"])
+    frozen = (upper / "tmp" / "count").read_text()
+    time.sleep(0.4)
+    assert (upper / "tmp" / "count").read_text() == frozen
+    for pid in cs.container_processes(s.init_pid):
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "T"
+    with pytest.raises(SandboxError):
+        lc.exec_run(engine, s.id, ["true"])
+    lc.unpause(engine, s.id)
+    time.sleep(0.3)
+    assert int(_count(engine, s.id)) > int(frozen)
+
+
+def test_remove_force_leaves_no_process_dir_or_mount(engine):
+    s = run_d(engine, ["sleep", "30"])
+    cdir = engine.store.container_dir(s.id)
+    with pytest.raises(SandboxError, match="container is running"):
+        lc.remove(engine, s.id)
+    start = cs.proc_start_time(s.init_pid)
+    lc.remove(engine, s.id, force=True)
+    assert not os.path.exists(cdir)
+    assert no_processes_left(s.init_pid, start)
+    with open("/proc/self/mountinfo") as f:
+        assert s.id not in f.read()
+    assert s.id not in [c.id for c in lc.list_containers(engine, all=True)]
+
+
+def test_auto_remove_detached_container_disappears_on_exit(engine):
+    s = lc.run_detached(engine, "busybox", ["sh", "-c", "exit 5"], RunOptions(remove=True))
+    assert lc.wait(engine, s.id, timeout=10) == 5
+    deadline = time.monotonic() + 5
+    while os.path.exists(engine.store.container_dir(s.id)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(engine.store.container_dir(s.id))
+
+
+def test_setup_failure_raises_the_sandbox_error(engine):
+    with pytest.raises(SandboxError) as exc:
+        s = run_d(engine, ["no-such-binary"])
+        lc.wait(engine, s.id, timeout=5)
+        raise AssertionError(lc.state(engine, s.id))
+    assert exc.value.exit_code == 127
+
+
+def test_monitor_sigkill_is_detected_and_leaves_nothing(engine):
+    s = run_d(engine, ["sleep", "60"])
+    cdir = engine.store.container_dir(s.id)
+    st = cs.read_state(cdir)
+    init_start = st["init_start"]
+    os.kill(st["monitor_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while cs.alive(s.init_pid, init_start) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not cs.alive(s.init_pid, init_start), "the container outlived its monitor"
+    assert lc.cleanup_stale(engine) >= 1
+    now = lc.state(engine, s.id)
+    assert now.status == "exited" and now.exit_code == 137
+    with cs.state_lock(cdir):  # no stale lock
+        pass
+    lc.remove(engine, s.id)
+    assert not os.path.exists(cdir)
+
+
+def test_restart_policy_on_failure(engine):
+    s = run_d(engine, ["sh", "-c", "echo run; exit 1"],
+              host=lc.HostOptions(restart="on-failure:2"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = cs.read_state(engine.store.container_dir(s.id))
+        if st.get("status") == "exited" and st.get("restart_count") == 2:
+            break
+        time.sleep(0.05)
+    assert [ln for _, ln in lc.logs(engine, s.id)] == [b"run\n"] * 3
+
+
+def test_start_again_after_exit_keeps_the_writable_layer(engine):
+    s = run_d(engine, ["sh", "-c", "echo x >> /tmp/runs; cat /tmp/runs | wc -l"])
+    lc.wait(engine, s.id, timeout=10)
+    import json
+
+    from sandbox.spec import spec_from_json
+
+    lc.start(engine, spec_from_json(json.dumps(engine.load_config(s.id)["spec"])))
+    lc.wait(engine, s.id, timeout=10)
+    assert [ln for _, ln in lc.logs(engine, s.id)] == [b"1\n", b"2\n"]
+
+
+def test_inspect_is_docker_shaped(engine):
+    s = run_d(engine, ["sleep", "30"], name=f"insp-{os.getpid()}", labels={"k": "v"},
+              host=lc.HostOptions(ports=(), stop_timeout=3))
+    data = lc.inspect(engine, s.id)
+    assert data["Id"] == s.id and data["Name"] == f"/insp-{os.getpid()}"
+    assert data["State"]["Status"] == "running" and data["State"]["Running"] is True
+    assert data["State"]["Pid"] == s.pid
+    assert data["Config"]["Labels"]["k"] == "v" and data["Config"]["StopTimeout"] == 3
+    assert data["Path"] == "sleep" and data["Args"] == ["30"]
+    from sandbox._inspect import format_template
+
+    assert format_template("{{.State.Status}} {{index .Config.Labels \"k\"}}", data) == \
+        "running v"
+
+
+def test_rename_and_unique_prefix(engine):
+    s = run_d(engine, ["sleep", "30"], name=f"old-{os.getpid()}")
+    lc.rename(engine, s.id, f"new-{os.getpid()}")
+    assert lc.state(engine, f"new-{os.getpid()}").id == s.id
+    assert lc.state(engine, s.id[:10]).id == s.id
+    with pytest.raises(SandboxError):
+        lc.state(engine, f"old-{os.getpid()}")
+
+
+def test_top_and_stats_read_proc(engine):
+    s = run_d(engine, ["sh", "-c", LOOP])
+    heads, rows = lc.top(engine, s.id)
+    assert heads[1] == "PID" and str(s.pid) in [r[1] for r in rows]
+    stats = lc.stats(engine, [s.id], interval=0.3)
+    assert stats[0]["PIDs"] >= 2 and stats[0]["MemUsage"] > 0
+
+
+def test_log_rotation_caps_the_size(tmp_path: Path):
+    from sandbox._logs import LogWriter, read_log
+
+    log = tmp_path / "log.json"
+    w = LogWriter(str(log), max_size=2000, max_file=3)
+    for i in range(200):
+        w.write("stdout", f"line {i:04d}\n".encode())
+    w.write("stderr", b"partial, no newline")
+    w.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["log.json", "log.json.1", "log.json.2"]
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    lines = [ln for _, ln in read_log(str(log))]
+    assert lines[-1] == b"partial, no newline"
+    assert lines[-2] == b"line 0199\n"
+    kept = [int(ln.split()[1]) for ln in lines[:-1]]
+    assert kept == list(range(kept[0], 200))  # oldest dropped, order kept
+
+
+def test_exec_with_a_tty(engine):
+    s = run_d(engine, ["sleep", "30"])
+    r = lc.exec_run(engine, s.id, ["sh", "-c", "tty; test -t 0 && echo is-a-tty"], tty=True)
+    out = r.stdout.decode().replace("\r", "")
+    assert r.returncode == 0 and out.startswith("/dev/pts/") and "is-a-tty" in out
+
+
+def test_detached_tty_output_is_logged(engine):
+    s = run_d(engine, ["sh", "-c", "test -t 1 && echo tty-out"], tty=True)
+    assert lc.wait(engine, s.id, timeout=10) == 0
+    assert b"".join(ln for _, ln in lc.logs(engine, s.id)).replace(b"\r", b"") == b"tty-out\n"
+
+
+@pytest.mark.requires_subuid
+def test_remove_deletes_files_of_the_subordinate_range(engine):
+    s = run_d(engine, ["sh", "-c", "mkdir -p /tmp/r/deep; touch /tmp/r/deep/f; "
+                       "chown -R app /tmp/r;"
+                       " chmod 700 /tmp/r /tmp/r/deep; exec sleep 30"])
+    time.sleep(0.2)
+    cdir = engine.store.container_dir(s.id)
+    lc.remove(engine, s.id, force=True)
+    assert not os.path.exists(cdir)
+
+
+def test_stop_and_remove_a_container_that_keeps_restarting(engine):
+    s = run_d(engine, ["sh", "-c", "exit 1"], host=lc.HostOptions(restart="always"))
+    time.sleep(0.5)
+    lc.stop(engine, s.id, timeout=1)
+    time.sleep(1.0)
+    st = cs.read_state(engine.store.container_dir(s.id))
+    assert st["status"] == "exited"
+    count = st.get("restart_count")
+    time.sleep(1.0)
+    assert cs.read_state(engine.store.container_dir(s.id)).get("restart_count") == count
+    lc.remove(engine, s.id)
+    assert not os.path.exists(engine.store.container_dir(s.id))
