@@ -99,23 +99,28 @@ def _hex(digest: str) -> str:
 
 
 def _on_rm_error(func: Any, path: str, exc: Any) -> None:
-    """Make the parent writable and retry once (pytest's ``rm_rf`` approach)."""
+    """Make the parent (and the path) writable and retry once (pytest's ``rm_rf`` approach);
+    when that cannot help (the entry belongs to another uid), the original error stands."""
     if isinstance(exc, tuple):  # onerror's exc_info (Python 3.11)
         exc = exc[1]
     if isinstance(exc, FileNotFoundError):
         return
-    parent = os.path.dirname(path)
-    with contextlib.suppress(OSError):
-        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
-    with contextlib.suppress(OSError):
-        if not os.path.islink(path):
-            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o700)
-    if func in (os.rmdir, os.unlink, os.remove) or getattr(func, "__name__", "") in ("rmdir",
-                                                                                     "unlink"):
+    changed = False
+    for target in (os.path.dirname(path), path):
+        try:
+            st = os.lstat(target)
+            if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+                os.chmod(target, stat.S_IMODE(st.st_mode) | 0o700)
+                changed = True
+        except OSError:
+            continue
+    if not changed:
+        raise exc
+    name = getattr(func, "__name__", "")
+    if name in ("rmdir", "unlink", "remove"):
         with contextlib.suppress(FileNotFoundError):
             func(path)
-    elif func in (os.open, os.scandir, os.listdir) or getattr(func, "__name__", "") in (
-            "open", "scandir", "listdir"):
+    elif name in ("open", "scandir", "listdir", "lstat"):
         _rmtree(path)
 
 
