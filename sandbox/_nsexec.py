@@ -45,6 +45,16 @@ def _proc_start(pid: int) -> int:
     return proc_start_time(pid)
 
 
+def _same_namespace(fd: int, ns: str) -> bool:
+    """Whether we are in that namespace already (``--network host``: the host's network
+    namespace, which only root may ``setns`` into, as nsenter skips it too)."""
+    try:
+        theirs, ours = os.fstat(fd), os.stat(f"/proc/self/ns/{ns}")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def join_container(init_pid: int, init_start: int) -> None:
     """Enter every namespace and the root of the container whose PID 1 is ``init_pid``."""
     from sandbox import _syscalls as sc
@@ -67,7 +77,7 @@ def join_container(init_pid: int, init_start: int) -> None:
         if init_start and _proc_start(init_pid) != init_start:
             raise NsExecError("the container is not running (its init has exited)")
         for ns in NS_ORDER:
-            if ns in fds:
+            if ns in fds and not _same_namespace(fds[ns], ns):
                 sc.setns(fds[ns], _NS_FLAGS[ns])
         # setns(mnt) made the namespace's root (the container's, after its pivot_root) our
         # root and cwd; no need to open /proc/INIT/root, which a FUSE rootfs refuses to us

@@ -66,6 +66,13 @@ def test_exec_sees_the_same_processes_files_and_hostname(engine):
     assert os.readlink(f"/proc/{s.init_pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
 
 
+def test_exec_joins_a_host_network_container(engine):
+    s = run_d(engine, ["sleep", "30"], network="host")
+    r = lc.exec_run(engine, s.id, ["ls", "/sys/class/net"])
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.decode().split()) == sorted(os.listdir("/sys/class/net"))
+
+
 def test_exec_exit_statuses_follow_docker(engine):
     s = run_d(engine, ["sleep", "30"])
     assert lc.exec_run(engine, s.id, ["sh", "-c", "exit 7"]).returncode == 7
