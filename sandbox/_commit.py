@@ -100,7 +100,10 @@ def container_diff(engine: Engine, cfg: dict[str, Any]) -> list[tuple[str, str]]
             and not any(p == d or p.startswith(d + "/") for d in _RUNTIME_DIRS)]
     dropped = {p for _, p in changes} - {p for _, p in kept}
     if rootfs.get("host"):
-        dropped |= {p for k, p in kept if k == "C" and p.count("/") == 1}
+        # the host image's top-level dirs are mount points we made in the upper: changed only
+        # when something below them changed
+        kept = [(k, p) for k, p in kept if not (k == "C" and p.count("/") == 1 and not any(
+            q.startswith(p + "/") for _, q in kept))]
     out = []
     for kind, path in kept:
         if kind == "C" and any(d.startswith(path + "/") for d in dropped) and not any(

@@ -277,3 +277,15 @@ def test_exec_diff_cp_on_every_storage_driver(engine, tmp_path: Path, driver: st
     assert len(changes) == 3, changes
     lc.copy_from(engine, s.id, "/f", str(tmp_path / "f"))
     assert (tmp_path / "f").read_text() == "hi\n"
+
+
+def test_diff_of_the_host_image_lists_only_what_changed(engine):
+    s = run_d(engine, ["sh", "-c", "echo x > /etc/sandbox-diff-test; rm -f /etc/hostname.bak; "
+                       "sleep 30"], image="host")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        changes = lc.diff(engine, s.id)
+        if ("A", "/etc/sandbox-diff-test") in changes:
+            break
+        time.sleep(0.05)
+    assert changes == [("C", "/etc"), ("A", "/etc/sandbox-diff-test")]
