@@ -121,10 +121,10 @@ def unmount_rootfs(cfg: dict[str, Any]) -> None:
 
 
 def drop_volumes(engine: Engine, hc: dict[str, Any], *, anonymous_only: bool) -> None:
-    from sandbox import volumes
-
     names = [v["name"] for v in hc.get("volumes", []) if v.get("anonymous") or not anonymous_only]
     if names:
+        from sandbox import volumes
+
         volumes.remove_volumes(engine, names)
 
 

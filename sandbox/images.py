@@ -14,16 +14,13 @@ refers to them: pull, load, import; exclusive for garbage collection), then ``in
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox._image_layers import import_layer, remove_dirs, unpack_layers
 from sandbox.errors import ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store
 
@@ -42,7 +39,7 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
 
 
 def host_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine
     return _ARCH.get(machine, machine)
 
 
@@ -53,6 +50,8 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
         if not out:
             out.append(diff_id)
         else:
+            import hashlib
+
             out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
     return out
 
@@ -372,6 +371,7 @@ class ImageStore:
                                hint="remove it and pull it again")
         missing = [i for i, c in enumerate(chains) if not self.store.has_layer(c)]
         if missing:
+            from sandbox._image_layers import unpack_layers
             from sandbox.runtime.userns import run_in_userns
 
             run_in_userns(unpack_layers, self.store.root,
@@ -383,6 +383,7 @@ class ImageStore:
         """Remove what interrupted pulls left in ``tmp/`` (in the user namespace if needed)."""
         left = self.store.clean_tmp()
         if left:
+            from sandbox._image_layers import remove_dirs
             from sandbox.runtime.userns import run_in_userns
 
             try:
@@ -395,6 +396,7 @@ class ImageStore:
         """``sandbox import``: a rootfs tarball or directory becomes a one-layer image."""
         if not os.path.exists(src):
             raise SandboxError(f"cannot import {src}: no such file or directory")
+        from sandbox._image_layers import import_layer
         from sandbox.runtime.userns import run_in_userns
 
         self.store.ensure()
@@ -463,6 +465,7 @@ class ImageStore:
                 except FileNotFoundError:
                     pass
             if dead_layers:
+                from sandbox._image_layers import remove_dirs
                 from sandbox.runtime.userns import run_in_userns
 
                 run_in_userns(remove_dirs, self.store.root,

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox import _control as _ctl
 from sandbox import _cstate as cs
-from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
 
 if TYPE_CHECKING:
+    from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream
     from sandbox.containers import Engine, RunOptions
     from sandbox.images import Image
     from sandbox.spec import ContainerSpec
@@ -202,17 +202,33 @@ def cleanup_stale(engine: Engine) -> int:
     return fixed
 
 
+_LAZY_EXEC = ("ExecResult", "ExecTimeout", "exec_run", "exec_stream")
+
+
+def __getattr__(name: str) -> Any:
+    """The exec API lives in ``sandbox._exec``, imported on first use (``run`` never needs it)."""
+    if name in _LAZY_EXEC:
+        from sandbox import _exec
+
+        return getattr(_exec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- create / start ---------------------------------------------------------------------------
 
 def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
            host: HostOptions | None = None) -> ContainerSpec:
     """``docker create``: the spec, the volumes and ``hostconfig.json``; status ``created``."""
-    from sandbox import volumes
     from sandbox._inspect import hostconfig_record
 
     host = host or HostOptions()
     img = engine.images.get(image)
-    mounts, vol_records = volumes.prepare_mounts(engine, img, opts.mounts)
+    if any(m.type == "volume" for m in opts.mounts) or img.run_config.get("Volumes"):
+        from sandbox import volumes
+
+        mounts, vol_records = volumes.prepare_mounts(engine, img, opts.mounts)
+    else:
+        mounts, vol_records = opts.mounts, []
     spec = engine.create(image, cmd, dataclasses.replace(opts, mounts=mounts))
     try:
         cs.write_hostconfig(spec.container_dir, hostconfig_record(img, opts, host, vol_records,
@@ -283,13 +299,15 @@ def run_detached(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
 
 def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     """A foreground ``run``: this process owns the container (and is recorded as its owner)."""
-    from sandbox._monitor import _apply_ulimits
     from sandbox.runtime.process import start as rt_start
     from sandbox.runtime.process import wait as rt_wait
 
     cdir = spec.container_dir
     hc = cs.read_hostconfig(cdir)
-    _apply_ulimits(hc.get("ulimits") or [])
+    if hc.get("ulimits"):
+        from sandbox._monitor import _apply_ulimits
+
+        _apply_ulimits(hc["ulimits"])
     started = rt_start(spec, engine.mapping)
     me = os.getpid()
     if started.error is None:

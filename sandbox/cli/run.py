@@ -183,13 +183,14 @@ def _cgroup_reason() -> str:
 
 
 def host_options_from_args(args: Namespace) -> Any:
-    from sandbox._logs import parse_size
-    from sandbox._ports import parse_publish
     from sandbox.lifecycle import HostOptions, parse_signal
 
     ports = []
-    for item in args.publish:
-        ports += parse_publish(item)
+    if args.publish:
+        from sandbox._ports import parse_publish
+
+        for item in args.publish:
+            ports += parse_publish(item)
     if args.restart.partition(":")[0] not in ("no", "on-failure", "always", "unless-stopped"):
         raise SpecError(f"invalid restart policy {args.restart!r}",
                         hint="use no, on-failure[:N], always or unless-stopped")
@@ -199,7 +200,11 @@ def host_options_from_args(args: Namespace) -> Any:
         if args.network in ("slirp4netns", "pasta", "bridge"):
             raise SpecError(f"--network {args.network} is not available in this build",
                             hint="use --network none (published ports work) or host")
-    memory = parse_size(args.memory) if args.memory else 0
+    memory = 0
+    if args.memory:
+        from sandbox._logs import parse_size
+
+        memory = parse_size(args.memory)
     try:
         nano = int(float(args.cpus) * 1e9) if args.cpus else 0
         pids = int(args.pids_limit) if args.pids_limit else 0
@@ -220,10 +225,13 @@ def host_options_from_args(args: Namespace) -> Any:
         nano_cpus=nano, pids_limit=pids, log_opts=log_opts)
 
 
-def main(command: str, argv: list[str]) -> int:
+def _allow_monitor_fork() -> None:
     from sandbox import _monitor
 
     _monitor.ALLOW_FORK = True  # the CLI is single-threaded and exits after the command
+
+
+def main(command: str, argv: list[str]) -> int:
     args = parse(_parser(command), argv)
     from sandbox import lifecycle
     from sandbox.containers import Engine, RunOptions
@@ -247,6 +255,8 @@ def main(command: str, argv: list[str]) -> int:
         return 0
     monitored = not args.detach and (bool(host.ports) or host.publish_all or
                                      host.restart != "no")
+    if monitored or args.detach:
+        _allow_monitor_fork()
     if monitored and opts.remove:
         import dataclasses
 
