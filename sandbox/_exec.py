@@ -20,6 +20,8 @@ __all__ = ["ExecResult", "ExecTimeout", "exec_run", "exec_stream"]
 
 @dataclass(frozen=True)
 class ExecResult:
+    """What an ``exec`` returned: its status and output."""
+
     returncode: int
     stdout: bytes
     stderr: bytes

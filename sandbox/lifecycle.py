@@ -43,6 +43,8 @@ _LIVE = ("running", "paused")
 
 @dataclass(frozen=True)
 class ContainerState:
+    """A container's lifecycle state as ``ps`` and ``inspect`` report it."""
+
     id: str
     name: str
     status: str  # created | running | paused | exited | dead

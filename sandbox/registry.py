@@ -92,6 +92,8 @@ class PullResult:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One row of ``sandbox search``."""
+
     name: str
     description: str
     star_count: int

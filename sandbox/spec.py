@@ -70,6 +70,8 @@ class RootfsSpec:
 
 @dataclass(frozen=True)
 class ContainerSpec:
+    """Everything the runtime needs to create one container."""
+
     id: str
     name: str
     image: str

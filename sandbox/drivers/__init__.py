@@ -22,6 +22,8 @@ DRIVERS = ("overlay", "fuse", "copy")
 
 @dataclass(frozen=True)
 class DriverChoice:
+    """The storage driver chosen, why, and what the probes found."""
+
     name: str
     reason: str
     probes: dict[str, str]
