@@ -10,7 +10,6 @@ the next run removes what a SIGKILL of both left behind.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -198,7 +197,9 @@ class SandboxFactory:
             env=req.env, workdir=req.workdir or "", user=req.user, network=req.network,
             mounts=tuple(parse_volume(v) for v in req.volumes), labels=labels, remove=remove,
             storage_driver=req.storage_driver)
-        fields = {f.name for f in dataclasses.fields(RunOptions)}
+        from sandbox._record import fields as record_fields
+
+        fields = set(record_fields(RunOptions))
         return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
 
     @staticmethod

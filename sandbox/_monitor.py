@@ -20,7 +20,6 @@ takes the container down; ``lifecycle.cleanup_stale`` then finds the dead monito
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import time
 from typing import Any, NoReturn
 
 from sandbox import _cstate as cs
+from sandbox._record import replace as record_replace
 
 __all__ = ["launch", "monitor_main", "attach_socket_path"]
 
@@ -215,7 +215,7 @@ class Monitor:
     def _start(self, spec: Any) -> Any:
         from sandbox.runtime.process import start
 
-        rt_spec = dataclasses.replace(spec, remove=False)
+        rt_spec = record_replace(spec, remove=False)
         # sockets, not pipes: a command that splices/sendfiles a socket into a stdout *pipe*
         # (busybox cat does) sleeps holding the pipe's mutex, and our read would wait on it
         out_r, out_w = _stream_pair()

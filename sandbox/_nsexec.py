@@ -18,12 +18,13 @@ container that is not running, its root filesystem is mounted in a fresh user+mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
 import sys
 from typing import Any, NoReturn
+
+from sandbox._record import replace as record_replace
 
 __all__ = ["run_request", "join_container", "main", "NS_ORDER"]
 
@@ -99,7 +100,7 @@ def _exec_spec(req: dict[str, Any]) -> Any:
     for item in [*spec.env, *req.get("env", [])]:
         k, _, v = item.partition("=")
         env[k] = v
-    return dataclasses.replace(
+    return record_replace(
         spec, argv=tuple(req["argv"]), env=tuple(f"{k}={v}" for k, v in env.items()),
         workdir=req.get("workdir") or spec.workdir or "/",
         user=req["user"] if req.get("user") is not None else spec.user,
@@ -216,7 +217,7 @@ def _mount_stopped(spec: Any) -> str:
 
     rootfs = spec.rootfs
     if rootfs.driver == "fuse":
-        rootfs = dataclasses.replace(rootfs, driver="overlay")
+        rootfs = record_replace(rootfs, driver="overlay")
     sc.mount(None, "/", None, sc.MS_PRIVATE | sc.MS_REC)
     execute_plan(rootfs_ops(rootfs), rootfs.mountpoint)
     for m in spec.mounts:

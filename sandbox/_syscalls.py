@@ -96,7 +96,7 @@ def unshare(flags: int) -> None:
     """unshare(2). Fails with EINVAL for CLONE_NEWUSER in a multi-threaded process."""
     if hasattr(os, "unshare"):
         try:
-            os.unshare(flags)  # type: ignore[attr-defined]
+            os.unshare(flags)
         except OSError as exc:
             raise OSError(exc.errno, f"unshare: {os.strerror(exc.errno or 0)}", None) from None
         return
@@ -107,7 +107,7 @@ def setns(fd: int, nstype: int = 0) -> None:
     """setns(2) on an open namespace file descriptor."""
     if hasattr(os, "setns"):
         try:
-            os.setns(fd, nstype)  # type: ignore[attr-defined]
+            os.setns(fd, nstype)
         except OSError as exc:
             raise OSError(exc.errno, f"setns: {os.strerror(exc.errno or 0)}", None) from None
         return

@@ -481,7 +481,7 @@ def _matches(ref: str, name: str) -> bool:
 
 
 def _with_names(image: Image, names: list[str]) -> Image:
-    from dataclasses import replace
+    from sandbox._record import replace
 
     return replace(image, names=tuple(names))
 

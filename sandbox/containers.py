@@ -8,12 +8,11 @@ mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
+from sandbox._record import asdict, field, record, replace
 from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore
 from sandbox.runtime.idmap import IdMapping, detect_mapping
@@ -25,7 +24,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-__all__ = ["RunOptions", "Engine", "generate_name", "parse_volume"]
+__all__ = ["RunOptions", "Engine", "generate_name", "parse_volume",
+           "write_container_files"]
 
 _ADJECTIVES = ("admiring", "agitated", "amazing", "bold", "brave", "busy", "clever", "cool",
                "dazzling", "eager", "elastic", "epic", "festive", "focused", "gifted", "happy",
@@ -78,7 +78,7 @@ def parse_volume(text: str) -> Mount:
     return Mount(target=target, type="volume", source=source, readonly=readonly)
 
 
-@dataclass(frozen=True)
+@record
 class RunOptions:
     """What ``sandbox run``/``create`` (and the pytest plugin) ask for."""
 
@@ -261,7 +261,7 @@ class Engine:
                 container_dir=cdir, store_root=self.store.root, remove=opts.remove,
                 labels=dict(opts.labels))
             validate_spec(spec)
-            self._write_files(spec)
+            write_container_files(spec)
         except BaseException:
             self.remove_dir(cid)
             raise
@@ -274,31 +274,9 @@ class Engine:
                 vname = m.source or os.urandom(32).hex()
                 vdir = self.store.volume_dir(vname)
                 os.makedirs(os.path.join(vdir, "_data"), exist_ok=True)
-                m = dataclasses.replace(m, type="bind", source=os.path.join(vdir, "_data"))
+                m = replace(m, type="bind", source=os.path.join(vdir, "_data"))
             out.append(m)
         return tuple(out)
-
-    def _write_files(self, spec: ContainerSpec) -> None:
-        cdir = spec.container_dir
-        hostname = spec.hostname
-        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 f"127.0.1.1\t{hostname}\n")
-        resolv = ""
-        if spec.network == "host":
-            try:
-                with open("/etc/resolv.conf") as f:
-                    resolv = f.read()
-            except OSError:
-                resolv = ""
-        for fname, content in (("hosts", hosts), ("hostname", hostname + "\n"),
-                               ("resolv.conf", resolv)):
-            with open(os.path.join(cdir, fname), "w") as f:
-                f.write(content)
-        record = {"id": spec.id, "name": spec.name, "created": time.time(),
-                  "spec": dataclasses.asdict(spec), "rootfs": {"lowers": list(
-                      spec.rootfs.lowers)}}
-        with open(os.path.join(cdir, "config.json"), "w") as f:
-            json.dump(record, f)
 
     # -- running ------------------------------------------------------------------------------
     def run(self, spec: ContainerSpec) -> int:
@@ -343,6 +321,29 @@ class Engine:
             run_in_userns(_rm_container, self.store.root, cdir, mapping=self.mapping)
 
 
+def write_container_files(spec: ContainerSpec) -> None:
+    """What lies beside a container: ``hosts``, ``hostname``, ``resolv.conf`` (bound over the
+    container's own) and ``config.json`` (the spec and what created it)."""
+    cdir = spec.container_dir
+    hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             f"127.0.1.1\t{spec.hostname}\n")
+    resolv = ""
+    if spec.network == "host":
+        try:
+            with open("/etc/resolv.conf") as f:
+                resolv = f.read()
+        except OSError:
+            resolv = ""
+    for fname, content in (("hosts", hosts), ("hostname", spec.hostname + "\n"),
+                           ("resolv.conf", resolv)):
+        with open(os.path.join(cdir, fname), "w") as f:
+            f.write(content)
+    record = {"id": spec.id, "name": spec.name, "created": time.time(), "spec": asdict(spec),
+              "rootfs": {"lowers": list(spec.rootfs.lowers)}}
+    with open(os.path.join(cdir, "config.json"), "w") as f:
+        json.dump(record, f)
+
+
 def _check_name(name: str) -> None:
     import re
 
@@ -358,4 +359,4 @@ def _rm_container(root: str, cdir: str) -> None:
 def _flatten(lowers: list[str], dest: str) -> None:
     from sandbox import layers
 
-    layers.flatten_layers(lowers, dest)  # type: ignore[arg-type]
+    layers.flatten_layers(lowers, dest)

@@ -18,9 +18,9 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox._record import field, record
 from sandbox.errors import ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store
 
@@ -60,7 +60,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@dataclass(frozen=True)
+@record
 class Image:
     """An image as the engine needs it."""
 
@@ -120,7 +120,7 @@ def _repo_digest_of(entry: dict[str, Any]) -> str | None:
     return (entry.get("annotations") or {}).get(REPO_DIGEST_ANNOTATION)
 
 
-@dataclass(frozen=True)
+@record
 class DiskUsage:
     """``system df`` numbers for images: bytes of blobs and unpacked layers."""
 

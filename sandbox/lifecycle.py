@@ -11,17 +11,16 @@ plugin use nothing else.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal as _signal
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sandbox import _control as _ctl
 from sandbox import _cstate as cs
+from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ __all__ = [
 _LIVE = ("running", "paused")
 
 
-@dataclass(frozen=True)
+@record
 class ContainerState:
     """A container's lifecycle state as ``ps`` and ``inspect`` report it."""
 
@@ -56,7 +55,7 @@ class ContainerState:
     image: str
 
 
-@dataclass(frozen=True)
+@record
 class HostOptions:
     """What ``run``/``create`` ask for beyond ``RunOptions`` (Docker's HostConfig)."""
 
@@ -231,7 +230,7 @@ def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
         mounts, vol_records = volumes.prepare_mounts(engine, img, opts.mounts)
     else:
         mounts, vol_records = opts.mounts, []
-    spec = engine.create(image, cmd, dataclasses.replace(opts, mounts=mounts))
+    spec = engine.create(image, cmd, replace(opts, mounts=mounts))
     try:
         cs.write_hostconfig(spec.container_dir, hostconfig_record(img, opts, host, vol_records,
                                                                   cmd))

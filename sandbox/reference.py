@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 
+from sandbox._record import record, replace
 from sandbox.errors import InvalidReference
 
 __all__ = [
@@ -46,7 +46,7 @@ _ID_PREFIX_RE = re.compile(r"^(?:sha256:)?[a-f0-9]{6,64}$")
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
 
-@dataclass(frozen=True)
+@record
 class Reference:
     """A normalised image reference. ``tag`` and ``digest`` may both be set."""
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 
+from sandbox._record import asdict, field, record
 from sandbox.errors import SpecError
 
 TYPE_CHECKING = False
@@ -34,7 +34,7 @@ DEFAULT_CAPS = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class IdMap:
     """One line of a uid_map or gid_map."""
 
@@ -43,7 +43,7 @@ class IdMap:
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     """A user mount: ``bind`` (source is a host path), ``tmpfs`` or ``volume``."""
 
@@ -54,7 +54,7 @@ class Mount:
     options: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class RootfsSpec:
     """How the container's root filesystem is assembled by the storage driver."""
 
@@ -68,7 +68,7 @@ class RootfsSpec:
     tmpfs: tuple[str, ...] = ()  # host image: top-level dirs replaced by a fresh tmpfs
 
 
-@dataclass(frozen=True)
+@record
 class ContainerSpec:
     """Everything the runtime needs to create one container."""
 

@@ -8,7 +8,6 @@ namespace (``sandbox.runtime.userns``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from sandbox._cstate import read_hostconfig, rfc3339
+from sandbox._record import replace as record_replace
 from sandbox.errors import SandboxError, SpecError
 from sandbox.spec import Mount
 
@@ -211,7 +211,7 @@ def prepare_mounts(engine: Engine, image: Image, mounts: tuple[Mount, ...]
         data = os.path.join(engine.store.volume_dir(name), "_data")
         if created and "nocopy" not in m.options and not image.builtin:
             fills.append((m.target, data))
-        out.append(dataclasses.replace(m, type="bind", source=data,
+        out.append(record_replace(m, type="bind", source=data,
                                        options=tuple(o for o in m.options if o != "nocopy")))
         records.append({"name": name, "target": m.target, "anonymous": anonymous,
                         "readonly": m.readonly})

@@ -10,14 +10,12 @@ them, and the rest is committed inside the user namespace.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sandbox.build._commit import LayerResult, commit_upper, remove_artifacts
-from sandbox.containers import Engine
+from sandbox.containers import Engine, write_container_files
 from sandbox.errors import BuildError
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
 from sandbox.store import Store
@@ -70,7 +68,7 @@ def _create(engine: Engine, lowers: Sequence[str], job: RunJob) -> ContainerSpec
             uid_map=mapping.uid_map, gid_map=mapping.gid_map, map_mode=mapping.mode,
             container_dir=cdir, store_root=store.root, labels={"sandbox.build": "step"})
         validate_spec(spec)
-        _write_files(spec)
+        write_container_files(spec)
     except BaseException:
         engine.remove_dir(cid)
         raise
@@ -84,26 +82,6 @@ def _script_mounts(cdir: str, files: Sequence[tuple[str, str]]) -> Iterator[Moun
             f.write(content)
         os.chmod(host, 0o755)
         yield Mount(target=path, type="bind", source=host, readonly=True)
-
-
-def _write_files(spec: ContainerSpec) -> None:
-    """The files ``Engine.create`` writes beside a container (hosts, hostname, resolv.conf,
-    config.json)."""
-    cdir = spec.container_dir
-    resolv = ""
-    if spec.network == "host":
-        with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
-            resolv = f.read()
-    hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-             f"127.0.1.1\t{spec.hostname}\n")
-    for name, content in (("hosts", hosts), ("hostname", spec.hostname + "\n"),
-                          ("resolv.conf", resolv)):
-        with open(os.path.join(cdir, name), "w") as f:
-            f.write(content)
-    record = {"id": spec.id, "name": spec.name, "created": time.time(), "spec": asdict(spec),
-              "rootfs": {"lowers": list(spec.rootfs.lowers)}}
-    with open(os.path.join(cdir, "config.json"), "w") as f:
-        json.dump(record, f)
 
 
 @contextlib.contextmanager

@@ -91,7 +91,10 @@ def _version() -> str:
 
 def _text(info: dict[str, Any]) -> str:
     idm, drv, ns = info["idmap"], info["storage_driver"], info["user_namespaces"]
-    maps = lambda rows: ", ".join(f"{a}->{b} ({c})" for a, b, c in rows)  # noqa: E731
+
+    def maps(rows: list[list[int]]) -> str:
+        return ", ".join(f"{a}->{b} ({c})" for a, b, c in rows)
+
     lines = [
         f"Version:          {info['version']}",
         f"Kernel:           {info['kernel']} ({info['architecture']})",

@@ -258,10 +258,10 @@ def main(command: str, argv: list[str]) -> int:
     if monitored or args.detach:
         _allow_monitor_fork()
     if monitored and opts.remove:
-        import dataclasses
+        from sandbox._record import replace as record_replace
 
         # the CLI removes it after printing its output (the monitor would race the reader)
-        spec = lifecycle.create(engine, args.image, cmd, dataclasses.replace(opts, remove=False),
+        spec = lifecycle.create(engine, args.image, cmd, record_replace(opts, remove=False),
                                 host)
         try:
             return _run_monitored(engine, spec)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
+from sandbox._record import record
 from sandbox.errors import SandboxError
 from sandbox.store import Store
 
@@ -20,7 +20,7 @@ __all__ = ["DRIVERS", "DriverChoice", "select_driver", "probe_overlay", "probe_f
 DRIVERS = ("overlay", "fuse", "copy")
 
 
-@dataclass(frozen=True)
+@record
 class DriverChoice:
     """The storage driver chosen, why, and what the probes found."""
 

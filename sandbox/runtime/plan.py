@@ -17,9 +17,8 @@ The order is fixed, in ``build_plan``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sandbox import _syscalls as sc
+from sandbox._record import record
 from sandbox.spec import ContainerSpec, RootfsSpec
 
 __all__ = ["MountOp", "build_plan", "rootfs_ops", "format_plan", "MASKED_PATHS",
@@ -39,7 +38,7 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
-@dataclass(frozen=True)
+@record
 class MountOp:
     """One setup step.
 

@@ -57,11 +57,11 @@ def _error_from(payload: bytes) -> errors.SandboxError:
 
     try:
         data: dict[str, Any] = json.loads(payload)
-        cls = getattr(errors, str(data.get("kind")), errors.SandboxError)
-        if not (isinstance(cls, type) and issubclass(cls, errors.SandboxError)):
-            cls = errors.SandboxError
-        if cls is errors.RuntimeSetupError or cls is errors.InvalidStateTransition:
-            cls = errors.SandboxError
+        found = getattr(errors, str(data.get("kind")), None)
+        cls: type[errors.SandboxError] = errors.SandboxError
+        if (isinstance(found, type) and issubclass(found, errors.SandboxError)
+                and found not in (errors.RuntimeSetupError, errors.InvalidStateTransition)):
+            cls = found  # those two take other constructor arguments
         err = cls(str(data.get("message", "container setup failed")))
         err.exit_code = int(data.get("code", cls.exit_code))
         return err

@@ -90,7 +90,8 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
             if fd >= 0:
                 os.close(fd)
         os.waitpid(pid, 0)
-    return _unpack(payload)
+    result: T = _unpack(payload)
+    return result
 
 
 def _unpack(payload: bytes) -> Any:

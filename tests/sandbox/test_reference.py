@@ -55,9 +55,9 @@ def test_fields_and_helpers() -> None:
 
 
 def dataclass_error() -> type[Exception]:
-    import dataclasses
+    from sandbox._record import FrozenInstanceError
 
-    return dataclasses.FrozenInstanceError
+    return FrozenInstanceError
 
 
 @pytest.mark.parametrize(("text", "message"), [

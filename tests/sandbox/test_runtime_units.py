@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -10,11 +9,19 @@ import pytest
 
 from sandbox import errors
 from sandbox._paths import clean_container_path, resolve_in_root
+from sandbox._record import replace
 from sandbox.runtime import idmap
 from sandbox.runtime.plan import MASKED_PATHS, READONLY_PATHS, build_plan, format_plan
 from sandbox.spec import (
-    ContainerSpec, IdMap, Mount, RootfsSpec, parse_env_file, parse_env_list, spec_from_json,
-    spec_to_json, validate_spec,
+    ContainerSpec,
+    IdMap,
+    Mount,
+    RootfsSpec,
+    parse_env_file,
+    parse_env_list,
+    spec_from_json,
+    spec_to_json,
+    validate_spec,
 )
 from sandbox.store import Store, rm_rf
 
@@ -27,7 +34,7 @@ def make_spec(**changes) -> ContainerSpec:
         argv=("true",), env=("A=1",), container_dir="/c", store_root="/s",
         mounts=(Mount(target="/data", source="/host/data", readonly=True),),
         uid_map=(IdMap(0, 1000, 1),), gid_map=(IdMap(0, 1000, 1),))
-    return dataclasses.replace(spec, **changes)
+    return replace(spec, **changes)
 
 
 # -- spec ----------------------------------------------------------------------------------
@@ -235,3 +242,32 @@ def test_userns_refusal_names_the_cause_and_fix(sysctls, err, expected):
 
     message = userns_failure_message(err, read=lambda p: sysctls.get(p, ""))
     assert expected in message and "\n" not in message
+
+
+def test_records_behave_as_frozen_dataclasses():
+    from sandbox._record import FrozenInstanceError, asdict, fields
+
+    spec = make_spec()
+    with pytest.raises(FrozenInstanceError):
+        spec.name = "x"  # type: ignore[misc]
+    assert replace(spec, name="x") != spec and replace(spec, name="x").name == "x"
+    assert replace(spec) == spec and hash(replace(spec)) == hash(spec)
+    assert fields(spec)[:3] == ("id", "name", "image")
+    assert asdict(IdMap(0, 1, 2)) == {"container_id": 0, "host_id": 1, "size": 2}
+    assert IdMap(0, 1, 2) == IdMap(container_id=0, host_id=1, size=2)
+    with pytest.raises(TypeError):
+        replace(spec, nope=1)
+    a, b = make_spec(), make_spec()
+    assert a.labels is not b.labels  # default_factory: a fresh dict each time
+    assert "ContainerSpec(id=" in repr(a)
+
+
+def test_run_path_does_not_import_dataclasses():
+    import subprocess
+    import sys
+
+    code = ("import sys, sandbox.cli.run, sandbox.lifecycle, sandbox.containers, "
+            "sandbox.runtime.process; print('dataclasses' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
