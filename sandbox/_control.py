@@ -7,11 +7,13 @@ import json
 import os
 import signal as _signal
 import time
-from typing import TYPE_CHECKING, Any
 
 from sandbox import _cstate as cs
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox.containers import Engine
 
 __all__ = ["kill_leftovers", "prune_exit_files", "send", "wait_pid_exit", "exit_file_code",

@@ -15,7 +15,10 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["proc_start_time", "alive", "rfc3339", "parse_time", "read_state", "write_state",
            "update_state", "read_hostconfig", "write_hostconfig", "state_lock", "EXIT_SUFFIX",

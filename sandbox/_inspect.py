@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
 
 from sandbox import _cstate as cs
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox.containers import Engine, RunOptions
     from sandbox.images import Image
     from sandbox.lifecycle import ContainerState, HostOptions

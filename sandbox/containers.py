@@ -42,13 +42,13 @@ _HOST_TMPFS = ("tmp",)
 
 def generate_name(taken: set[str]) -> str:
     """Docker-style ``adjective_scientist``, unique among ``taken``."""
-    import random
+    def pick(words: tuple[str, ...]) -> str:  # os.urandom: no need to import random
+        return words[int.from_bytes(os.urandom(4), "little") % len(words)]
 
-    rng = random.SystemRandom()
     for attempt in range(100):
-        name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NAMES)}"
+        name = f"{pick(_ADJECTIVES)}_{pick(_NAMES)}"
         if attempt > 10:
-            name += str(rng.randint(0, 99))
+            name += str(int.from_bytes(os.urandom(1), "little") % 100)
         if name not in taken:
             return name
     return f"sandbox_{os.urandom(4).hex()}"

@@ -18,11 +18,14 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from sandbox._record import field, record
 from sandbox.errors import ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Image", "ImageStore", "HOST_IMAGE", "REF_ANNOTATION", "chain_ids", "host_arch",
            "DEFAULT_PATH", "DiskUsage", "REPO_DIGEST_ANNOTATION"]

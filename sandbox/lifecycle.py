@@ -16,14 +16,16 @@ import os
 import signal as _signal
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
 from sandbox import _control as _ctl
 from sandbox import _cstate as cs
 from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream
     from sandbox.containers import Engine, RunOptions
     from sandbox.images import Image
