@@ -306,6 +306,29 @@ def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
     return {"HOME": home}
 
 
+def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
+    """``os.execvpe`` without its lazy ``import warnings`` (after ``pivot_root`` the host's
+    standard library is gone): search the container's PATH, as execvp(3) does."""
+    file = argv[0]
+    if "/" in file:
+        os.execve(file, argv, env)
+    denied: OSError | None = None
+    for directory in (env.get("PATH") or os.defpath).split(os.pathsep):
+        try:
+            os.execve(os.path.join(directory or ".", file), argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as exc:
+            denied = exc
+        except OSError as exc:
+            if exc.errno == errno.ENOEXEC:
+                raise
+            denied = denied or exc
+    if denied is not None:
+        raise denied
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
+
+
 def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
     for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -342,7 +365,7 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
                           f"{exc.strerror}", 126) from None
     argv = list(spec.argv)
     try:
-        os.execvpe(argv[0], argv, env)
+        _execvpe(argv, env)
     except FileNotFoundError:
         if "/" in argv[0]:
             msg = f'exec: "{argv[0]}": stat {argv[0]}: no such file or directory'
