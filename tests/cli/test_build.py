@@ -223,40 +223,6 @@ def test_builder_prune_empties_the_cache(cli, busybox_image: str, tmp_path: Path
     assert "Using cache" not in _build(cli, str(ctx)).stdout
 
 
-@pytest.mark.slow
-def test_no_change_rebuild_is_a_tenth_of_the_first(cli, busybox_image: str,
-                                                   tmp_path: Path) -> None:
-    """Timed as installed: with byte-code (the suite's PYTHONDONTWRITEBYTECODE would make
-    every run compile the modules it imports). CPU time (ours and our children's) must be
-    under a tenth; wall time, noisy on a shared machine, under a fifth."""
-    import resource
-    import statistics
-    import time
-
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
-    def timed(ctx: Path) -> tuple[float, float]:
-        wall, used = time.monotonic(), cpu()
-        _build(cli, "-q", str(ctx), env=env)
-        return time.monotonic() - wall, cpu() - used
-
-    env = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pyc"), "PYTHONDONTWRITEBYTECODE": ""}
-    _build(cli, "-q", str(_context(tmp_path / "warm", "FROM busybox\nCOPY a /\nRUN true\n",
-                                   {"a": ""})), env=env)  # compiles the modules once
-    first, again = [], []
-    for i in range(3):
-        ctx = _context(tmp_path / str(i), TEN_STEPS.format(marker=f"speed{i}"),
-                       {"a.txt": "a\n", "b.txt": "b\n"})
-        first.append(timed(ctx))
-        again.append(timed(ctx))
-    wall_first, cpu_first = (statistics.median(x) for x in zip(*first, strict=True))
-    wall_again, cpu_again = (statistics.median(x) for x in zip(*again, strict=True))
-    assert cpu_again < cpu_first / 10, (first, again)
-    assert wall_again < wall_first / 5, (first, again)
-
-
 # -- COPY / ADD -----------------------------------------------------------------------------
 
 def test_chown_and_chmod_are_in_the_layer(cli, busybox_image: str, tmp_path: Path,
