@@ -406,8 +406,10 @@ class TokenServer:
 
 
 class CuttingProxy:
-    """A TCP proxy to ``target_port`` that cuts the first ``cuts`` connections after
-    ``after`` bytes sent downstream (mid-blob when ``after`` is past the manifests)."""
+    """A TCP proxy to ``target_port`` that cuts the first ``cuts`` connections that send more
+    than ``after`` bytes downstream (mid-blob when ``after`` is past the manifests). Deciding
+    at the crossing, not at accept, keeps it independent of how the client pools its
+    connections (probes and keep-alive vary under load)."""
 
     def __init__(self, target_port: int, *, after: int, cuts: int) -> None:
         self.target_port = target_port
@@ -433,14 +435,18 @@ class CuttingProxy:
             client, _ = self._sock.accept()
             with self._lock:
                 self.connections += 1
-                cut = self.cut_count < self.cuts
-                if cut:
-                    self.cut_count += 1
-            t = threading.Thread(target=self._pump, args=(client, cut), daemon=True)
+            t = threading.Thread(target=self._pump, args=(client,), daemon=True)
             self._threads.append(t)
             t.start()
 
-    def _pump(self, client: socket.socket, cut: bool) -> None:
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cut_count < self.cuts:
+                self.cut_count += 1
+                return True
+            return False
+
+    def _pump(self, client: socket.socket) -> None:
         sent = 0
         with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
             socks = [client, upstream]
@@ -451,7 +457,8 @@ class CuttingProxy:
                     if not data:
                         return
                     if s is upstream:
-                        if cut and sent + len(data) > self.after:
+                        if sent + len(data) > self.after and sent <= self.after \
+                                and self._take_cut():
                             client.sendall(data[: max(0, self.after - sent)])
                             client.shutdown(socket.SHUT_RDWR)
                             return
