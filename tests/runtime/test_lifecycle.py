@@ -13,25 +13,13 @@ import pytest
 
 from sandbox import _cstate as cs
 from sandbox import lifecycle as lc
-from sandbox.containers import Engine, RunOptions
+from sandbox.containers import RunOptions
 from sandbox.errors import SandboxError
-from sandbox.store import Store
 
 pytestmark = pytest.mark.requires_userns
 
 LOOP = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; "
         "sleep 0.05; done")
-
-
-@pytest.fixture
-def engine(session_store: Path, busybox_image: str):
-    eng = Engine(Store(session_store))
-    made: list[str] = []
-    eng.made = made  # type: ignore[attr-defined]
-    yield eng
-    for s in lc.list_containers(eng, all=True):
-        if s.id in made:
-            lc.remove(eng, s.id, force=True, volumes=True)
 
 
 def run_d(engine, cmd, **kw) -> lc.ContainerState:

@@ -15,23 +15,11 @@ import pytest
 
 from sandbox import lifecycle as lc
 from sandbox._ports import parse_publish
-from sandbox.containers import Engine, RunOptions
+from sandbox.containers import RunOptions
 from sandbox.errors import SandboxError
 from sandbox.spec import Mount
-from sandbox.store import Store
 
 pytestmark = pytest.mark.requires_userns
-
-
-@pytest.fixture
-def engine(session_store: Path, busybox_image: str):
-    eng = Engine(Store(session_store))
-    made: list[str] = []
-    eng.made = made  # type: ignore[attr-defined]
-    yield eng
-    for s in lc.list_containers(eng, all=True):
-        if s.id in made:
-            lc.remove(eng, s.id, force=True, volumes=True)
 
 
 def run_d(engine, cmd, image="busybox", **kw) -> lc.ContainerState:
