@@ -65,8 +65,10 @@ def test_fuse_driver_mounts_fuse_overlay_as_root(cli, busybox_image):
 @pytest.mark.requires_fuse
 def test_fuse_driver_leaves_nothing_after_sigkill_of_the_engine(cli, busybox_image,
                                                                session_store: Path):
+    naptime = str(600 + os.getpid() % 1000)  # a command line no other test runs
     proc = cli.popen("run", "--rm", "--storage-driver", "fuse", busybox_image, "sh", "-c",
-                     "echo ready; sleep 60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     f"echo ready; sleep {naptime}", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     containers = session_store / "containers"
@@ -81,7 +83,7 @@ def test_fuse_driver_leaves_nothing_after_sigkill_of_the_engine(cli, busybox_ima
     while time.monotonic() < deadline:
         leftovers = [p for p in _processes_mentioning("fuse_overlay")
                      if any(c in _cmdline(p) for c in running)]
-        if not leftovers and not _processes_mentioning("sleep\x0060"):
+        if not leftovers and not _processes_mentioning(f"sleep\x00{naptime}"):
             break
         time.sleep(0.1)
     else:
