@@ -327,7 +327,7 @@ def write_container_files(spec: ContainerSpec) -> None:
     cdir = spec.container_dir
     hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{spec.hostname}\n")
-    resolv = ""
+    resolv = "nameserver 10.0.2.3\n" if spec.network == "slirp4netns" else ""
     if spec.network == "host":
         try:
             with open("/etc/resolv.conf") as f:

@@ -30,7 +30,7 @@ def add_container_arguments(p: Parser) -> None:
     p.add_argument("-u", "--user", default=None,
                    help="Username or UID (format: <name|uid>[:<group|gid>])")
     p.add_argument("-h", "--hostname", default="", help="Container host name")
-    p.add_argument("--network", "--net", default="none", help="Network mode: none or host")
+    p.add_argument("--network", "--net", default="none", help="Network mode: none, host or slirp4netns")
     p.add_argument("--read-only", action="store_true",
                    help="Mount the container's root filesystem as read only")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
@@ -196,10 +196,10 @@ def host_options_from_args(args: Namespace) -> Any:
                         hint="use no, on-failure[:N], always or unless-stopped")
     if args.stop_signal:
         parse_signal(args.stop_signal)
-    if args.network not in ("none", "host"):
-        if args.network in ("slirp4netns", "pasta", "bridge"):
-            raise SpecError(f"--network {args.network} is not available in this build",
-                            hint="use --network none (published ports work) or host")
+    if args.network in ("pasta", "bridge"):
+        raise SpecError(f"--network {args.network} is not available in this build",
+                        hint="use --network slirp4netns for outbound traffic, none (published "
+                             "ports work) or host")
     memory = 0
     if args.memory:
         from sandbox._logs import parse_size

@@ -166,7 +166,7 @@ def _user_mount_ops(spec: ContainerSpec) -> list[MountOp]:
 def build_plan(spec: ContainerSpec) -> list[MountOp]:
     """The whole setup, in the fixed order of this module's docstring."""
     ops: list[MountOp] = []
-    if spec.network == "none":
+    if spec.network != "host":  # none, slirp4netns: our own network namespace
         ops.append(MountOp("lo_up", "lo"))                                   # 2
     ops.append(MountOp("rslave", "/"))                                       # 3
     ops += rootfs_ops(spec.rootfs)                                           # 4

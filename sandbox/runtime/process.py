@@ -32,7 +32,7 @@ __all__ = ["Started", "start", "wait", "run", "run_callable"]
 class Started:
     """A container whose command has been exec'd (or whose setup failed)."""
 
-    __slots__ = ("pid", "init_pid", "master_fd", "error", "forwarder")
+    __slots__ = ("pid", "init_pid", "master_fd", "error", "forwarder", "network")
 
     def __init__(self, pid: int, forwarder: Forwarder | None = None) -> None:
         self.pid = pid            # C, our child
@@ -40,6 +40,7 @@ class Started:
         self.master_fd = -1       # the pty master with -t
         self.error: errors.SandboxError | None = None
         self.forwarder = forwarder  # our signals → C, from before the fork
+        self.network: tuple[int, int] | None = None  # slirp4netns: (pid, exit-fd)
 
 
 def has_threads() -> bool:
@@ -98,7 +99,7 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     csock.close()
     started = Started(pid, forwarder)
     try:
-        _handshake(psock, started, mapping)
+        _handshake(psock, started, mapping, spec.network)
     finally:
         psock.close()
     return started
@@ -109,7 +110,8 @@ def _in_main_thread() -> bool:
     return threading is None or threading.current_thread() is threading.main_thread()
 
 
-def _handshake(sock: socket.socket, started: Started, mapping: IdMapping) -> None:
+def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
+               network: str = "none") -> None:
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
         if not msg:
@@ -128,12 +130,71 @@ def _handshake(sock: socket.socket, started: Started, mapping: IdMapping) -> Non
             sock.send(b"M")
         elif tag == b"G":
             started.init_pid = int(payload)
+            if network == "slirp4netns":
+                try:
+                    started.network = start_slirp4netns(started.init_pid)
+                except errors.SandboxError as exc:
+                    started.error = exc
+                    _kill_quietly(started.pid)
+                    return
+                sock.send(b"N")
         elif tag == b"T" and fds:
             started.master_fd = fds[0]
         elif tag == b"E":
             started.error = _error_from(payload)
         for fd in fds[1:]:
             os.close(fd)
+
+
+def start_slirp4netns(init_pid: int) -> tuple[int, int]:
+    """User-mode networking for ``--network slirp4netns``: ``slirp4netns`` joins the
+    container's user and network namespaces, makes ``tap0`` (10.0.2.100, gateway 10.0.2.2,
+    DNS 10.0.2.3) and ends when we close its exit fd (or die). Returns (pid, exit fd)."""
+    from sandbox.runtime.idmap import which
+
+    tool = which("slirp4netns")
+    if not tool:
+        raise errors.SandboxError("--network slirp4netns needs slirp4netns",
+                                  hint="install it (Debian/Ubuntu: apt install slirp4netns)")
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    argv = [tool, "--configure", "--mtu=65520", "--disable-host-loopback",
+            f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+            f"--userns-path=/proc/{init_pid}/ns/user", str(init_pid), "tap0"]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.set_inheritable(ready_w, True)
+    os.set_inheritable(exit_r, True)
+    try:
+        pid = os.posix_spawn(tool, argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+            (os.POSIX_SPAWN_DUP2, devnull, 2)])  # it narrates every fd it passes
+    finally:
+        for fd in (devnull, ready_w, exit_r):
+            os.close(fd)
+    ready = os.read(ready_r, 1)
+    os.close(ready_r)
+    if ready != b"1":
+        os.close(exit_w)
+        os.waitpid(pid, 0)
+        raise errors.SandboxError("slirp4netns could not set up the container's network "
+                                  "(is /dev/net/tun usable by this user?)")
+    return pid, exit_w
+
+
+def stop_network(started: Started) -> None:
+    """End the container's slirp4netns, if it has one."""
+    if started.network is not None:
+        pid, exit_fd = started.network
+        started.network = None
+        os.close(exit_fd)
+        os.waitpid(pid, 0)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def wait(started: Started, *, proxy_tty: bool = False,
@@ -157,6 +218,7 @@ def wait(started: Started, *, proxy_tty: bool = False,
             return 128 + os.WTERMSIG(status)
         return os.waitstatus_to_exitcode(status)
     finally:
+        stop_network(started)
         if forwarder is not None:
             forwarder.restore()
         started.forwarder = None

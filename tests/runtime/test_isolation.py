@@ -305,3 +305,37 @@ def test_run_without_rm_keeps_an_exited_container(cli, busybox_image, session_st
 
     state = json.loads((session_store / "containers" / new.pop() / "state.json").read_text())
     assert state["status"] == "exited" and state["exit_code"] == 4
+
+
+def _slirp_problem() -> str | None:
+    import shutil
+
+    if shutil.which("slirp4netns") is None:
+        return "slirp4netns is not installed"
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return "/dev/net/tun is not usable by this user"
+    return None
+
+
+def test_network_slirp4netns_gives_a_user_mode_network(cli, busybox_image):
+    if _slirp_problem():
+        pytest.skip(_slirp_problem())
+    # 10.0.2.2 is slirp4netns's own virtual gateway: nothing leaves this machine
+    r = cli("run", "--rm", "--network", "slirp4netns", busybox_image, "sh", "-c",
+            "ip -o -4 addr show tap0; cat /etc/resolv.conf; ping -c1 -W2 10.0.2.2 >/dev/null "
+            "&& echo gateway-answers")
+    assert r.returncode == 0, r.stderr
+    assert "inet 10.0.2.100/24" in r.stdout
+    assert "nameserver 10.0.2.3" in r.stdout
+    assert "gateway-answers" in r.stdout
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_slirp(p)]
+
+
+def _is_our_slirp(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        is_slirp = cmd.startswith(b"slirp4netns\0") or b"/slirp4netns\0" in cmd
+        return is_slirp and os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except OSError:
+        return False

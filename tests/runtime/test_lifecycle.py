@@ -349,3 +349,13 @@ def test_stop_and_remove_a_container_that_keeps_restarting(engine):
     assert cs.read_state(engine.store.container_dir(s.id)).get("restart_count") == count
     lc.remove(engine, s.id)
     assert not os.path.exists(engine.store.container_dir(s.id))
+
+
+def test_detached_container_on_slirp4netns_has_its_tap(engine):
+    import shutil
+
+    if shutil.which("slirp4netns") is None or not os.access("/dev/net/tun", os.W_OK):
+        pytest.skip("slirp4netns and a usable /dev/net/tun are needed")
+    s = run_d(engine, ["sleep", "30"], network="slirp4netns")
+    r = lc.exec_run(engine, s.id, ["ip", "-o", "-4", "addr", "show", "tap0"])
+    assert r.returncode == 0 and b"inet 10.0.2.100/24" in r.stdout, r.stderr

@@ -447,6 +447,12 @@ class CuttingProxy:
             return False
 
     def _pump(self, client: socket.socket) -> None:
+        try:
+            self._relay(client)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the client gave up on a connection we were relaying: that is its right
+
+    def _relay(self, client: socket.socket) -> None:
         sent = 0
         with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
             socks = [client, upstream]
