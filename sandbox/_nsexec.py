@@ -25,6 +25,7 @@ import sys
 from typing import Any, NoReturn
 
 from sandbox._record import replace as record_replace
+from sandbox.runtime.process import relay_pty  # before setns: the host's files go away
 
 __all__ = ["run_request", "join_container", "main", "NS_ORDER"]
 
@@ -168,7 +169,7 @@ def _wait_child(pid: int, master: int, kill_on_term: bool, proxy: bool) -> int:
 
             _proxy_pty(master)
         else:
-            _pump_pty(master)
+            relay_pty(master)
         os.close(master)
     while True:
         try:
@@ -181,29 +182,6 @@ def _wait_child(pid: int, master: int, kill_on_term: bool, proxy: bool) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
-
-
-def _pump_pty(master: int) -> None:
-    """``exec_run(tty=True)``: pty output to our stdout, our stdin to the pty."""
-    import select
-
-    watch = [master, 0]
-    while True:
-        ready, _, _ = select.select(watch, [], [])
-        if master in ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            os.write(1, data)
-        if 0 in ready:
-            data = os.read(0, 65536)
-            if not data:
-                watch.remove(0)
-            else:
-                os.write(master, data)
 
 
 # -- file operations in the container's root -------------------------------------------------

@@ -30,7 +30,8 @@ def add_container_arguments(p: Parser) -> None:
     p.add_argument("-u", "--user", default=None,
                    help="Username or UID (format: <name|uid>[:<group|gid>])")
     p.add_argument("-h", "--hostname", default="", help="Container host name")
-    p.add_argument("--network", "--net", default="none", help="Network mode: none, host or slirp4netns")
+    p.add_argument("--network", "--net", default="none",
+                   help="Network mode: none, host or slirp4netns")
     p.add_argument("--read-only", action="store_true",
                    help="Mount the container's root filesystem as read only")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",

@@ -250,31 +250,38 @@ def _proxy_pty(master: int) -> None:
         signal.signal(signal.SIGWINCH, lambda *_: _copy_winsize(0, master))
         tty.setraw(0)
     try:
-        watch = [master, 0]
-        while True:
-            try:
-                ready, _, _ = select.select(watch, [], [])
-            except InterruptedError:
-                continue
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:
-                        return
-                    raise
-                if not data:
-                    return
-                os.write(1, data)
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if not data:
-                    watch.remove(0)
-                else:
-                    os.write(master, data)
+        relay_pty(master)
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def relay_pty(master: int) -> None:
+    """Copy the pty's output to our stdout and our stdin to the pty until the pty closes.
+    Needs nothing but ``os`` and ``select``: ``exec`` relays after joining the container's
+    mount namespace, where the host's standard library is out of reach."""
+    watch = [master, 0]
+    while True:
+        try:
+            ready, _, _ = select.select(watch, [], [])
+        except InterruptedError:
+            continue
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # the last holder of the slave closed it
+                    return
+                raise
+            if not data:
+                return
+            os.write(1, data)
+        if 0 in ready:
+            data = os.read(0, 65536)
+            if not data:
+                watch.remove(0)
+            else:
+                os.write(master, data)
 
 
 def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], bytes], *,
