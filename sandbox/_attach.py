@@ -15,9 +15,10 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["attach_client", "DETACHED"]
+__all__ = ["attach_client", "DETACHED", "GONE"]
 
 DETACHED = -1
+GONE = -2  # the run ended before we were attached: its output is in the log
 _DETACH_KEYS = b"\x10\x11"  # ctrl-p ctrl-q
 
 
@@ -40,11 +41,27 @@ def _winsize() -> tuple[int, int]:
 
 
 def attach_client(cdir: str, *, stdin: bool, tty: bool, detach_keys: bytes = _DETACH_KEYS,
-                  sig_proxy: Any = None) -> int:
-    """Relay until the container's output ends (returns 0) or the user detaches (DETACHED)."""
-    sock = _connect(cdir)
+                  replay: bool = False) -> int:
+    """Relay until the container's output ends (returns 0) or the user detaches (DETACHED).
+
+    With ``replay`` the output of the current run so far comes first; a run that is already over
+    gives GONE (with ``replay`` only: then the caller reads the log instead).
+    """
+    try:
+        sock = _connect(cdir)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if replay:
+            return GONE
+        raise
     rows, cols = _winsize() if tty else (0, 0)
-    sock.sendall(json.dumps({"stdin": stdin, "rows": rows, "cols": cols}).encode() + b"\n")
+    hello = {"stdin": stdin, "rows": rows, "cols": cols, "replay": replay}
+    try:
+        sock.sendall(json.dumps(hello).encode() + b"\n")
+    except OSError:
+        sock.close()
+        if replay:
+            return GONE
+        raise
     saved = None
     if tty and stdin and os.isatty(0):
         import termios
@@ -53,7 +70,8 @@ def attach_client(cdir: str, *, stdin: bool, tty: bool, detach_keys: bytes = _DE
         saved = termios.tcgetattr(0)
         ttymod.setraw(0)
     try:
-        return _relay(sock, stdin, detach_keys if tty else b"")
+        code = _relay(sock, stdin, detach_keys if tty else b"")
+        return code if code != GONE or replay else 0
     finally:
         if saved is not None:
             import termios
@@ -66,22 +84,29 @@ def _relay(sock: socket.socket, stdin: bool, detach_keys: bytes) -> int:
     buf = b""
     watch: list[Any] = [sock] + ([0] if stdin else [])
     matched = b""
+    attached = False
     while True:
         try:
             ready, _, _ = select.select(watch, [], [])
         except InterruptedError:
             continue
         if sock in ready:
-            data = sock.recv(1 << 16)
+            try:
+                data = sock.recv(1 << 16)
+            except ConnectionResetError:
+                data = b""
             if not data:
-                return 0
+                return 0 if attached else GONE
             buf += data
             while len(buf) >= 5:
                 stream, length = struct.unpack(">BI", buf[:5])
                 if len(buf) < 5 + length:
                     break
                 payload, buf = buf[5:5 + length], buf[5 + length:]
-                os.write(1 if stream == 1 else 2, payload)
+                if stream == 0:
+                    attached = True
+                else:
+                    os.write(1 if stream == 1 else 2, payload)
         if 0 in ready:
             data = os.read(0, 65536)
             if not data:

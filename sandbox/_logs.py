@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from sandbox._cstate import parse_time, rfc3339
 
@@ -107,16 +108,24 @@ def parse_since(text: str | float | None, now: float | None = None) -> float | N
     return parse_time(text if "T" in text else text + "T00:00:00")
 
 
-def _records(path: str) -> list[bytes]:
+def _records(path: str, current: BinaryIO | None) -> tuple[list[bytes], bytes]:
+    """Every record of the rotated files, then of ``current`` (the open log) to its end.
+
+    Returns the records and a trailing partial line. Reading the live file through the handle
+    the follower goes on with means no line written in between is lost.
+    """
     out: list[bytes] = []
     olds = sorted((p for p in _rotated(path)), key=lambda p: -int(p.rsplit(".", 1)[1]))
-    for p in [*olds, path]:
+    for p in olds:
         try:
             with open(p, "rb") as f:
                 out += f.read().splitlines()
         except FileNotFoundError:
             continue
-    return out
+    if current is None:
+        return out, b""
+    *lines, partial = current.read().split(b"\n")
+    return out + lines, partial
 
 
 def _rotated(path: str) -> list[str]:
@@ -156,26 +165,29 @@ def read_log(path: str, *, streams: tuple[str, ...] = ("stdout", "stderr"),
     def shape(item: tuple[str, bytes, str]) -> tuple[str, bytes]:
         return (item[0], (item[2].encode() + b" " + item[1]) if timestamps else item[1])
 
-    items = [d for d in (_decode(r) for r in _records(path)) if d is not None and keep(d)]
-    if tail is not None and tail >= 0:
-        items = items[len(items) - tail:] if tail else []
-    for item in items:
-        yield shape(item)
-    if not follow:
-        return
-    yield from _follow(path, keep, shape, running)
-
-
-def _follow(path: str, keep: object, shape: object, running: object) -> Iterator[
-        tuple[str, bytes]]:
-    assert callable(keep) and callable(shape) and callable(running)
     try:
-        f = open(path, "rb")
+        f: BinaryIO | None = open(path, "rb")
     except FileNotFoundError:
-        return
-    f.seek(0, os.SEEK_END)
+        f = None
+    try:
+        records, partial = _records(path, f)
+        items = [d for d in (_decode(r) for r in records) if d is not None and keep(d)]
+        if tail is not None and tail >= 0:
+            items = items[len(items) - tail:] if tail else []
+        for item in items:
+            yield shape(item)
+        if follow and f is not None:
+            yield from _follow(path, f, partial, keep, shape, running)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _follow(path: str, f: BinaryIO, partial: bytes, keep: object, shape: object,
+            running: object) -> Iterator[tuple[str, bytes]]:
+    """Go on reading ``f`` from where the history stopped, across rotations."""
+    assert callable(keep) and callable(shape) and callable(running)
     inode = os.fstat(f.fileno()).st_ino
-    partial = b""
     idle_after_stop = 0
     try:
         while True:

@@ -215,6 +215,8 @@ class Monitor:
     def _start(self, spec: Any) -> Any:
         from sandbox.runtime.process import start
 
+        if self.attach is not None:
+            self.attach.new_run()
         rt_spec = record_replace(spec, remove=False)
         # sockets, not pipes: a command that splices/sendfiles a socket into a stdout *pipe*
         # (busybox cat does) sleeps holding the pipe's mutex, and our read would wait on it
@@ -459,13 +461,21 @@ def _should_restart(policy: str, code: int, restarts: int, cdir: str) -> bool:
 class AttachServer:
     """``attach.sock``: frames ``<stream:1><len:4>data`` out, raw stdin in.
 
-    Client → server control: a first line ``{"stdin": bool, "rows": R, "cols": C}``; later bytes
-    are the container's input (``\\x00R`` + 4 bytes rows/cols is a resize).
+    Client → server control: a first line ``{"stdin": bool, "rows": R, "cols": C, "replay":
+    bool}``; later bytes are the container's input (``\\x00R`` + 4 bytes rows/cols is a resize).
+    The server answers the first line with an empty frame of stream 0 (attached), then the
+    output of the current run so far when ``replay`` is asked (``start -a -i`` and a monitored
+    foreground ``run`` attach just after the start: nothing the command printed first is lost),
+    then the output as it comes.
     """
+
+    BACKLOG_MAX = 1 << 20
 
     def __init__(self, mon: Monitor, cdir: str) -> None:
         self.mon = mon
         self.clients: dict[int, _Client] = {}
+        self.backlog: list[bytes] = []
+        self.backlog_size = 0
         self.dir_fd = os.open(cdir, os.O_PATH | os.O_CLOEXEC)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = f"/proc/self/fd/{self.dir_fd}/attach.sock"
@@ -517,25 +527,42 @@ class AttachServer:
                 hello = json.loads(c.inbuf[:nl])
             except ValueError:
                 hello = {}
-            c.hello = True
             c.wants_stdin = bool(hello.get("stdin"))
             if hello.get("rows"):
                 self.mon.resize(int(hello["rows"]), int(hello["cols"]))
+            frames = [struct.pack(">BI", 0, 0)]
+            if hello.get("replay"):
+                frames += self.backlog
+            if not self._send(c, b"".join(frames)):
+                return
+            c.hello = True
             c.inbuf = c.inbuf[nl + 1:]
         if c.wants_stdin and c.inbuf:
             self.mon.stdin_write(bytes(c.inbuf))
         c.inbuf = bytearray()
 
+    def new_run(self) -> None:
+        self.backlog, self.backlog_size = [], 0
+
     def broadcast(self, stream: int, data: bytes) -> None:
         frame = struct.pack(">BI", stream, len(data)) + data
+        if self.backlog_size < self.BACKLOG_MAX:
+            self.backlog.append(frame)
+            self.backlog_size += len(frame)
         for c in list(self.clients.values()):
-            try:
-                c.conn.setblocking(True)
-                c.conn.settimeout(1.0)
-                c.conn.sendall(frame)
-                c.conn.setblocking(False)
-            except OSError:
-                self._drop(c)
+            if c.hello:
+                self._send(c, frame)
+
+    def _send(self, c: _Client, data: bytes) -> bool:
+        try:
+            c.conn.setblocking(True)
+            c.conn.settimeout(1.0)
+            c.conn.sendall(data)
+            c.conn.setblocking(False)
+            return True
+        except OSError:
+            self._drop(c)
+            return False
 
     def _drop(self, c: _Client) -> None:
         self.clients.pop(c.conn.fileno(), None)

@@ -245,7 +245,7 @@ def cmd_start(argv: list[str]) -> int:
     ref = args.containers[0]
     start(ref)
     if args.interactive:
-        return _attach(engine, ref, stdin=True)
+        return attach(engine, ref, stdin=True, just_started=True)
     return follow_output(engine, engine.resolve_container(ref))
 
 
@@ -262,22 +262,30 @@ def follow_output(engine: Any, cid: str) -> int:
     return lifecycle.wait(engine, cid)
 
 
-def _attach(engine: Any, ref: str, *, stdin: bool) -> int:
+def attach(engine: Any, ref: str, *, stdin: bool, just_started: bool = False) -> int:
+    """Relay a container's streams until it ends; its exit status, or 0 on detach.
+
+    ``just_started`` (``start -a -i``, a monitored ``run``): the output the command printed
+    before we connected is replayed, and a run already over is read from the log.
+    """
     from sandbox import lifecycle
-    from sandbox._attach import DETACHED, attach_client
+    from sandbox._attach import DETACHED, GONE, attach_client
 
     cid = engine.resolve_container(ref)
     spec = engine.load_config(cid)["spec"]
-    if lifecycle.state(engine, cid).status not in ("running", "paused"):
+    if not just_started and lifecycle.state(engine, cid).status not in ("running", "paused"):
         raise SandboxError("you cannot attach to a stopped container, start it first")
     try:
         code = attach_client(spec["container_dir"], stdin=stdin and spec.get("interactive"),
-                             tty=bool(spec.get("tty")))
+                             tty=bool(spec.get("tty")), replay=just_started)
     except OSError as exc:
         raise SandboxError(f"cannot attach to {ref}: {exc.strerror}") from None
     if code == DETACHED:
-        sys.stderr.write("\nread escape sequence\n")
+        if not just_started:
+            sys.stderr.write("\nread escape sequence\n")
         return 0
+    if code == GONE:
+        return follow_output(engine, cid)
     return lifecycle.wait(engine, cid)
 
 
@@ -289,7 +297,7 @@ def cmd_attach(argv: list[str]) -> int:
     p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", help="Detach key sequence")
     p.add_argument("container")
     args = parse(p, argv)
-    return _attach(_engine(), args.container, stdin=not args.no_stdin)
+    return attach(_engine(), args.container, stdin=not args.no_stdin)
 
 
 def cmd_stop(argv: list[str]) -> int:

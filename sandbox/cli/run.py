@@ -286,7 +286,7 @@ def _run_monitored(engine: Any, spec: Any) -> int:
     import signal
 
     from sandbox import lifecycle
-    from sandbox._attach import DETACHED, attach_client
+    from sandbox.cli.containers import attach, follow_output
 
     lifecycle.start(engine, spec)
 
@@ -299,12 +299,5 @@ def _run_monitored(engine: Any, spec: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
     if not spec.interactive:
-        from sandbox.cli.containers import follow_output
-
         return follow_output(engine, spec.id)
-    try:
-        if attach_client(spec.container_dir, stdin=True, tty=spec.tty) == DETACHED:
-            return 0
-    except OSError:
-        pass
-    return lifecycle.wait(engine, spec.id)
+    return attach(engine, spec.id, stdin=True, just_started=True)

@@ -138,6 +138,33 @@ def test_create_start_attach_and_rm(cli, busybox_image):
     assert cli("ps", "-a", "-q", "--filter", f"id={cid}").stdout == ""
 
 
+def test_start_ai_keeps_what_the_command_printed_before_the_attach(cli, busybox_image):
+    # the first line is printed at once, before `start` returns and the client connects
+    cid = cli("create", "-i", "busybox", "sh", "-c",
+              "echo early; cat; echo late >&2").stdout.strip()
+    try:
+        r = cli("start", "-a", "-i", cid, input="from stdin\n")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "early\nfrom stdin\n", "late\n")
+    finally:
+        cli("rm", "-f", cid)
+
+
+def test_start_ai_of_a_command_over_before_the_attach(cli, busybox_image):
+    cid = cli("create", "-i", "busybox", "sh", "-c", "echo quick; exit 4").stdout.strip()
+    try:
+        r = cli("start", "-ai", cid, input="")
+        assert (r.returncode, r.stdout) == (4, "quick\n"), r.stderr
+    finally:
+        cli("rm", "-f", cid)
+
+
+def test_monitored_interactive_run_prints_everything(cli, busybox_image):
+    # -p makes the run go through the monitor; -i attaches to it after the start
+    r = cli("run", "--rm", "-i", "-p", "127.0.0.1::7000", "busybox", "sh", "-c",
+            "echo one; cat; echo three", input="two\n")
+    assert (r.returncode, r.stdout) == (0, "one\ntwo\nthree\n"), r.stderr
+
+
 def test_attach_with_stdin(cli, busybox_image):
     cid = cli("run", "-d", "-i", "busybox", "cat").stdout.strip()
     try:
