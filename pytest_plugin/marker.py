@@ -19,7 +19,7 @@ __all__ = ["ContainerRequest", "MARKER_DOC", "KEEP_CHOICES", "Settings", "marker
            "parse_marker", "images_of", "request_for", "MarkerError"]
 
 KEEP_CHOICES = ("none", "failed", "all")
-NETWORK_CHOICES = ("none", "host")
+NETWORK_CHOICES = ("none", "host", "slirp4netns", "pasta")  # the user-mode two take options
 DEFAULT_IMAGE = "host"
 
 
@@ -40,7 +40,8 @@ MARKER_DOC = (
     "rootless container. image: a reference (default --sandbox-image, else 'host': the host's "
     "root read-only under a throwaway layer) or a list of them to parametrize over; "
     "isolate=True: run the test body itself inside the container; network: 'none' "
-    "(loopback only) or 'host'; volumes: ['/host:/ctr[:ro]'] or {host: ctr}; env: {NAME: value} "
+    "(loopback only), 'host', or 'slirp4netns'/'pasta' (outbound, options as Podman's "
+    "'pasta:--map-gw'); volumes: ['/host:/ctr[:ro]'] or {host: ctr}; env: {NAME: value} "
     "or ['NAME=value']; workdir, user: for commands; ports: ['8080', '127.0.0.1:0:80/tcp'] to "
     "publish; keep: none|failed|all (overrides --sandbox-keep); timeout: seconds for the "
     "isolated test body and the default for container.run(); command: the container's main "
@@ -108,6 +109,20 @@ def _where(test: str) -> str:
     return f"{test}: @pytest.mark.container"
 
 
+def network_problem(network: object) -> str:
+    """What is wrong with a network mode for test containers, or ''."""
+    if not isinstance(network, str):
+        return f"network must be a string, not {network!r}"
+    from sandbox.errors import SpecError
+    from sandbox.runtime.network import check_network
+
+    try:
+        check_network(network)
+    except SpecError as exc:
+        return f"{exc.message}; use {' or '.join(map(repr, NETWORK_CHOICES))}"
+    return ""
+
+
 def _check_types(args: dict[str, Any], test: str) -> None:
     w = _where(test)
     image = args.get("image")
@@ -120,9 +135,10 @@ def _check_types(args: dict[str, Any], test: str) -> None:
         raise MarkerError(f"{w}: image must not be empty")
     if "isolate" in args and not isinstance(args["isolate"], bool):
         raise MarkerError(f"{w}: isolate must be True or False, not {args['isolate']!r}")
-    if args.get("network") is not None and args["network"] not in NETWORK_CHOICES:
-        raise MarkerError(f"{w}: network {args['network']!r} is not supported; use "
-                          f"{' or '.join(map(repr, NETWORK_CHOICES))}")
+    if args.get("network") is not None:
+        problem = network_problem(args["network"])
+        if problem:
+            raise MarkerError(f"{w}: {problem}")
     if args.get("keep") is not None and args["keep"] not in KEEP_CHOICES:
         raise MarkerError(f"{w}: keep {args['keep']!r} is invalid; use one of "
                           f"{', '.join(KEEP_CHOICES)}")
@@ -249,9 +265,8 @@ def settings_from_config(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"{keep_where}: invalid value {keep!r}; use one of "
                                 f"{', '.join(KEEP_CHOICES)}")
     network, net_where = pick("sandbox_network", "sandbox_network")
-    if network is not None and network not in NETWORK_CHOICES:
-        raise pytest.UsageError(f"{net_where}: network {network!r} is not supported; use "
-                                f"{' or '.join(NETWORK_CHOICES)}")
+    if network is not None and network_problem(network):
+        raise pytest.UsageError(f"{net_where}: {network_problem(network)}")
     driver, driver_where = pick("sandbox_storage_driver", "sandbox_storage_driver")
     if driver is not None and driver not in ("overlay", "fuse", "copy"):
         raise pytest.UsageError(f"{driver_where}: storage driver {driver!r} is unknown; use "

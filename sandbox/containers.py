@@ -327,13 +327,15 @@ def write_container_files(spec: ContainerSpec) -> None:
     cdir = spec.container_dir
     hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{spec.hostname}\n")
-    resolv = "nameserver 10.0.2.3\n" if spec.network == "slirp4netns" else ""
-    if spec.network == "host":
+    resolv = ""
+    if spec.network != "none":
+        from sandbox.runtime.network import resolv_conf
+
         try:
             with open("/etc/resolv.conf") as f:
-                resolv = f.read()
+                resolv = resolv_conf(spec.network, f.read())
         except OSError:
-            resolv = ""
+            resolv = resolv_conf(spec.network, "")
     for fname, content in (("hosts", hosts), ("hostname", spec.hostname + "\n"),
                            ("resolv.conf", resolv)):
         with open(os.path.join(cdir, fname), "w") as f:

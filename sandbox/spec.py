@@ -24,7 +24,7 @@ __all__ = [
     "spec_from_json", "parse_env_list", "parse_env_file", "NETWORK_MODES", "DEFAULT_CAPS",
 ]
 
-NETWORK_MODES = ("none", "host", "slirp4netns")
+NETWORK_MODES = ("none", "host", "slirp4netns", "pasta")  # see sandbox.runtime.network
 
 # Docker's default capability set (moby oci/caps/defaults.go).
 DEFAULT_CAPS = (
@@ -128,9 +128,10 @@ def _check_paths(spec: ContainerSpec) -> None:
 
 
 def _check_network(spec: ContainerSpec) -> None:
-    if spec.network not in NETWORK_MODES:
-        raise SpecError(f"network mode {spec.network!r} is not supported",
-                        hint="use --network none, host or slirp4netns")
+    if spec.network not in ("none", "host"):
+        from sandbox.runtime.network import check_network
+
+        check_network(spec.network)
 
 
 def _check_hostname(spec: ContainerSpec) -> None:

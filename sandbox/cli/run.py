@@ -31,7 +31,7 @@ def add_container_arguments(p: Parser) -> None:
                    help="Username or UID (format: <name|uid>[:<group|gid>])")
     p.add_argument("-h", "--hostname", default="", help="Container host name")
     p.add_argument("--network", "--net", default="none",
-                   help="Network mode: none, host or slirp4netns")
+                   help="Network mode: none, host, slirp4netns[:OPTIONS] or pasta[:OPTIONS]")
     p.add_argument("--read-only", action="store_true",
                    help="Mount the container's root filesystem as read only")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
@@ -197,10 +197,10 @@ def host_options_from_args(args: Namespace) -> Any:
                         hint="use no, on-failure[:N], always or unless-stopped")
     if args.stop_signal:
         parse_signal(args.stop_signal)
-    if args.network in ("pasta", "bridge"):
-        raise SpecError(f"--network {args.network} is not available in this build",
-                        hint="use --network slirp4netns for outbound traffic, none (published "
-                             "ports work) or host")
+    if args.network == "bridge":
+        raise SpecError("--network bridge needs a root daemon",
+                        hint="use --network slirp4netns or pasta for outbound traffic, none "
+                             "(published ports work) or host")
     memory = 0
     if args.memory:
         from sandbox._logs import parse_size

@@ -410,8 +410,8 @@ def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None
             master, slave = os.openpty()
             socket.send_fds(sock, [b"T"], [master])
             os.close(master)
-        if spec.network == "slirp4netns":
-            _recv_exact(sock, b"N")  # the caller's slirp4netns has configured tap0
+        if spec.network.startswith(("slirp4netns", "pasta")):
+            _recv_exact(sock, b"N")  # the caller's slirp4netns or pasta has configured it
         forwarder = Forwarder()
         child = os.fork()
         if child == 0:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from sandbox.runtime.network import NetHelper
+
 
 __all__ = ["Started", "start", "wait", "run", "run_callable"]
 
@@ -40,7 +42,7 @@ class Started:
         self.master_fd = -1       # the pty master with -t
         self.error: errors.SandboxError | None = None
         self.forwarder = forwarder  # our signals → C, from before the fork
-        self.network: tuple[int, int] | None = None  # slirp4netns: (pid, exit-fd)
+        self.network: NetHelper | None = None  # slirp4netns or pasta
 
 
 def has_threads() -> bool:
@@ -130,9 +132,11 @@ def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
             sock.send(b"M")
         elif tag == b"G":
             started.init_pid = int(payload)
-            if network == "slirp4netns":
+            if network.startswith(("slirp4netns", "pasta")):
+                from sandbox.runtime.network import start_network
+
                 try:
-                    started.network = start_slirp4netns(started.init_pid)
+                    started.network = start_network(network, started.init_pid)
                 except errors.SandboxError as exc:
                     started.error = exc
                     _kill_quietly(started.pid)
@@ -146,48 +150,11 @@ def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
             os.close(fd)
 
 
-def start_slirp4netns(init_pid: int) -> tuple[int, int]:
-    """User-mode networking for ``--network slirp4netns``: ``slirp4netns`` joins the
-    container's user and network namespaces, makes ``tap0`` (10.0.2.100, gateway 10.0.2.2,
-    DNS 10.0.2.3) and ends when we close its exit fd (or die). Returns (pid, exit fd)."""
-    from sandbox.runtime.idmap import which
-
-    tool = which("slirp4netns")
-    if not tool:
-        raise errors.SandboxError("--network slirp4netns needs slirp4netns",
-                                  hint="install it (Debian/Ubuntu: apt install slirp4netns)")
-    ready_r, ready_w = os.pipe()
-    exit_r, exit_w = os.pipe()
-    argv = [tool, "--configure", "--mtu=65520", "--disable-host-loopback",
-            f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
-            f"--userns-path=/proc/{init_pid}/ns/user", str(init_pid), "tap0"]
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.set_inheritable(ready_w, True)
-    os.set_inheritable(exit_r, True)
-    try:
-        pid = os.posix_spawn(tool, argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
-            (os.POSIX_SPAWN_DUP2, devnull, 2)])  # it narrates every fd it passes
-    finally:
-        for fd in (devnull, ready_w, exit_r):
-            os.close(fd)
-    ready = os.read(ready_r, 1)
-    os.close(ready_r)
-    if ready != b"1":
-        os.close(exit_w)
-        os.waitpid(pid, 0)
-        raise errors.SandboxError("slirp4netns could not set up the container's network "
-                                  "(is /dev/net/tun usable by this user?)")
-    return pid, exit_w
-
-
 def stop_network(started: Started) -> None:
-    """End the container's slirp4netns, if it has one."""
+    """End the container's slirp4netns or pasta, if it has one."""
     if started.network is not None:
-        pid, exit_fd = started.network
-        started.network = None
-        os.close(exit_fd)
-        os.waitpid(pid, 0)
+        helper, started.network = started.network, None
+        helper.stop()
 
 
 def _kill_quietly(pid: int) -> None:

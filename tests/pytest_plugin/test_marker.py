@@ -40,7 +40,8 @@ def test_options_are_documented(inner) -> None:
 
 @pytest.mark.parametrize(("marker", "expected"), [
     ("container(imge='host')", "unknown argument 'imge' (did you mean 'image'?)"),
-    ("container(network='bridge')", "network 'bridge' is not supported; use 'none' or 'host'"),
+    ("container(network='bridge')", "network mode 'bridge' is not supported; use 'none' or "
+     "'host' or 'slirp4netns' or 'pasta'"),
     ("container(keep='sometimes')", "keep 'sometimes' is invalid; use one of none, failed, all"),
     ("container(timeout=-1)", "timeout must be a positive number of seconds, not -1"),
     ("container(isolate='yes')", "isolate must be True or False, not 'yes'"),
