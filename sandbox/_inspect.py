@@ -333,9 +333,24 @@ def _mem_total() -> int:
     return 0
 
 
-def sample_stats(targets: list[ContainerState], interval: float) -> list[dict[str, Any]]:
-    """One ``stats --no-stream`` sample per container: CPU over ``interval``, memory, net, io."""
-    first = {s.id: _cpu_ticks(cs.container_processes(s.init_pid)) for s in targets}
+def sample_stats(targets: list[ContainerState], interval: float,
+                 cgroups: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One ``stats --no-stream`` sample per container: CPU over ``interval``, memory, net, io.
+
+    From the container's cgroup v2 where it has one (``cgroups``: id → path), else summed over
+    its processes from /proc.
+    """
+    from sandbox._cgroups import read_stats
+
+    cgroups = cgroups or {}
+
+    def cpu_usec(s: ContainerState) -> float:
+        got = read_stats(cgroups.get(s.id, ""))
+        if got is not None and "cpu_usec" in got:
+            return float(got["cpu_usec"])
+        return _cpu_ticks(cs.container_processes(s.init_pid)) / _TICKS * 1e6
+
+    first = {s.id: cpu_usec(s) for s in targets}
     t0 = time.monotonic()
     if targets:
         time.sleep(interval)
@@ -344,12 +359,14 @@ def sample_stats(targets: list[ContainerState], interval: float) -> list[dict[st
     out = []
     for s in targets:
         pids = cs.container_processes(s.init_pid)
-        cpu = (_cpu_ticks(pids) - first[s.id]) / _TICKS / dt * 100
-        mem = _mem(pids)
+        cpu = (cpu_usec(s) - first[s.id]) / 1e6 / dt * 100
+        got = read_stats(cgroups.get(s.id, "")) or {}
+        mem = got.get("memory", _mem(pids))
+        limit = got.get("memory_limit") or total
         rx, tx = _net(s.init_pid)
         br, bw = _blk(pids)
         out.append({"ID": s.id, "Name": s.name, "CPUPerc": cpu, "MemUsage": mem,
-                    "MemLimit": total, "MemPerc": mem / total * 100 if total else 0.0,
+                    "MemLimit": limit, "MemPerc": mem / limit * 100 if limit else 0.0,
                     "NetRx": rx, "NetTx": tx, "BlockRead": br, "BlockWrite": bw,
-                    "PIDs": len(pids)})
+                    "PIDs": got.get("pids", len(pids))})
     return out

@@ -165,6 +165,8 @@ class Monitor:
         self.in_sock: socket.socket | None = None
         self.master = -1
         self.open_streams = 0
+        self.hostconfig: dict[str, Any] = {}
+        self.cgroup = ""  # this run's cgroup v2, where delegated (sandbox._cgroups)
 
     def run(self) -> None:
         from sandbox.spec import spec_from_json
@@ -172,6 +174,7 @@ class Monitor:
         cfg = self.engine.load_config(self.cid)
         spec = spec_from_json(json.dumps(cfg["spec"]))
         hc = cs.read_hostconfig(self.cdir)
+        self.hostconfig = hc
         _apply_ulimits(hc.get("ulimits") or [])
         from sandbox._logs import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE, LogWriter
 
@@ -190,6 +193,7 @@ class Monitor:
         while True:
             started = self._start(spec)
             if started.error is not None:
+                self._drop_cgroup()
                 self._record_exit(started.error.exit_code, error=started.error.one_line())
                 if not self.reported:
                     self._send({"error": _error_payload(started.error)})
@@ -198,6 +202,7 @@ class Monitor:
                 self._start_forwarder(started.init_pid, listeners)
             self._running(started, ports, restarts)
             code = self._loop(started)
+            self._drop_cgroup()
             again = _should_restart(hc.get("restart") or "no", code, restarts, self.cdir)
             if not again:
                 self._close_ports()  # before the exit is recorded: `stop` returns after it
@@ -236,7 +241,13 @@ class Monitor:
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         try:
-            started = start(rt_spec, self.engine.mapping)
+            from sandbox import _cgroups
+
+            self.cgroup = _cgroups.for_container(self.cid, self.hostconfig)
+            started = start(rt_spec, self.engine.mapping, cgroup=self.cgroup)
+        except BaseException:
+            self._drop_cgroup()
+            raise
         finally:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
@@ -255,6 +266,13 @@ class Monitor:
                               self._reader(self.master, "stdout"))
             self.open_streams += 1
         return started
+
+    def _drop_cgroup(self) -> None:
+        if self.cgroup:
+            from sandbox import _cgroups
+
+            _cgroups.remove(self.cgroup)
+            self.cgroup = ""
 
     def _running(self, started: Any, ports: dict[str, Any], restarts: int) -> None:
         kids = cs.children_of(started.init_pid)
@@ -279,7 +297,7 @@ class Monitor:
                      monitor_pid=me, monitor_start=cs.proc_start_time(me),
                      started_at=cs.rfc3339(), finished_at="0001-01-01T00:00:00Z",
                      exit_code=0, error="", ports=ports, restart_count=restarts,
-                     manual_stop=False, time=time.time())
+                     manual_stop=False, time=time.time(), cgroup=self.cgroup)
         cs.write_state(self.cdir, state)
         return state
 
@@ -399,7 +417,8 @@ class Monitor:
             with cs.state_lock(self.cdir):
                 cs.update_state(self.cdir, status="exited", exit_code=code,
                                 finished_at=cs.rfc3339(), pid=0, pid_start=0, init_pid=0,
-                                init_start=0, cpid=0, error=error, time=time.time())
+                                init_start=0, cpid=0, error=error, time=time.time(),
+                                cgroup="")
         except OSError:
             pass  # removed under us (rm -f)
 

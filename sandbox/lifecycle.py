@@ -175,7 +175,8 @@ def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
     """The owner of a live container died: kill what is left, record the truth."""
     _ctl.kill_leftovers(st)
     _ctl.unmount_rootfs(cfg)
-    st.update(status="exited", exit_code=137, pid=0, init_pid=0, cpid=0,
+    _drop_cgroup(str(st.get("cgroup") or ""))
+    st.update(status="exited", cgroup="", exit_code=137, pid=0, init_pid=0, cpid=0,
               finished_at=cs.rfc3339(), error="the container's monitor died (killed?)")
     remove_it = bool(cfg.get("spec", {}).get("remove"))
     try:
@@ -300,6 +301,25 @@ def run_detached(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
         raise
 
 
+_CGROUP_V2_MARK = "/sys/fs/cgroup/cgroup.controllers"
+
+
+def _container_cgroup(cid: str, hostconfig: dict[str, Any]) -> str:
+    """A cgroup v2 for the container where the user has a delegated subtree (``_cgroups``)."""
+    if not os.path.exists(_CGROUP_V2_MARK):  # no cgroup v2 here: spare the import
+        return ""
+    from sandbox import _cgroups
+
+    return _cgroups.for_container(cid, hostconfig)
+
+
+def _drop_cgroup(path: str) -> None:
+    if path:
+        from sandbox import _cgroups
+
+        _cgroups.remove(path)
+
+
 def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     """A foreground ``run``: this process owns the container (and is recorded as its owner)."""
     from sandbox.runtime.process import start as rt_start
@@ -311,7 +331,12 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
         from sandbox._monitor import _apply_ulimits
 
         _apply_ulimits(hc["ulimits"])
-    started = rt_start(spec, engine.mapping)
+    cgroup = _container_cgroup(spec.id, hc)
+    try:
+        started = rt_start(spec, engine.mapping, cgroup=cgroup)
+    except BaseException:
+        _drop_cgroup(cgroup)
+        raise
     me = os.getpid()
     if started.error is None:
         kids = cs.children_of(started.init_pid)
@@ -323,10 +348,13 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
                 "init_start": cs.proc_start_time(started.init_pid), "cpid": started.pid,
                 "monitor_pid": me, "monitor_start": cs.proc_start_time(me),
                 "started_at": cs.rfc3339(), "finished_at": "0001-01-01T00:00:00Z",
-                "exit_code": 0, "foreground": True})
+                "exit_code": 0, "foreground": True, "cgroup": cgroup})
         except OSError:
             pass
-    code = rt_wait(started, proxy_tty=spec.tty)
+    try:
+        code = rt_wait(started, proxy_tty=spec.tty)
+    finally:
+        _drop_cgroup(cgroup)
     if started.error is not None:
         code = started.error.exit_code
     if spec.remove:
@@ -336,7 +364,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     else:
         try:
             cs.update_state(cdir, status="exited", exit_code=code, finished_at=cs.rfc3339(),
-                            pid=0, init_pid=0, cpid=0,
+                            pid=0, init_pid=0, cpid=0, cgroup="", monitor_pid=0, monitor_start=0,
                             error=started.error.one_line() if started.error else "")
         except OSError:
             pass
@@ -444,7 +472,8 @@ def pause(engine: Engine, ref: str) -> None:
         st = _checked_state(engine, cid, cdir, cfg)
         if st.get("status") != "running":
             raise ContainerNotRunning(str(cfg.get("name")), str(st.get("status")), "pause")
-        _ctl.signal_all(st, _signal.SIGSTOP)
+        if not _freeze(st, True):
+            _ctl.signal_all(st, _signal.SIGSTOP)
         cs.update_state(cdir, status="paused")
 
 
@@ -455,7 +484,17 @@ def unpause(engine: Engine, ref: str) -> None:
         if st.get("status") != "paused":
             raise SandboxError(f"container {cfg.get('name')} is not paused")
         cs.update_state(cdir, status="running")
-        _ctl.signal_all(st, _signal.SIGCONT)
+        if not _freeze(st, False):
+            _ctl.signal_all(st, _signal.SIGCONT)
+
+
+def _freeze(st: dict[str, Any], frozen: bool) -> bool:
+    """The cgroup freezer where the container has a cgroup; False: use signals."""
+    if not st.get("cgroup"):
+        return False
+    from sandbox import _cgroups
+
+    return _cgroups.freeze(str(st["cgroup"]), frozen)
 
 
 # -- remove -----------------------------------------------------------------------------------
@@ -646,7 +685,10 @@ def stats(engine: Engine, refs: Sequence[str] = (), *, interval: float = 0.5
     from sandbox._inspect import sample_stats
 
     targets = []
+    cgroups = {}
     for s in (list_containers(engine) if not refs else [state(engine, r) for r in refs]):
         if s.status in _LIVE:
             targets.append(s)
-    return sample_stats(targets, interval)
+            cgroups[s.id] = str(cs.read_state(engine.store.container_dir(s.id)).get("cgroup")
+                                or "")
+    return sample_stats(targets, interval, cgroups)

@@ -66,10 +66,20 @@ def collect_info() -> dict[str, Any]:
                  "usable": os.access("/dev/fuse", os.R_OK | os.W_OK),
                  "fusermount3": shutil.which("fusermount3") or ""},
         "cgroup_version": _cgroup_version(),
+        "cgroup_limits": _cgroup_limits(),
         "network": {"slirp4netns": shutil.which("slirp4netns") or "",
                     "pasta": shutil.which("pasta") or ""},
         "store": store.root,
     }
+
+
+def _cgroup_limits() -> dict[str, Any]:
+    from sandbox import _cgroups
+
+    deleg = _cgroups.find_delegation()
+    if deleg is None:
+        return {"delegated": "", "controllers": [], "reason": _cgroups.reason()}
+    return {"delegated": deleg.base, "controllers": sorted(deleg.controllers), "reason": ""}
 
 
 def _os_name() -> str:
@@ -123,7 +133,11 @@ def _text(info: dict[str, Any]) -> str:
     lines += [
         f"FUSE:             /dev/fuse {'usable' if fuse['usable'] else 'not usable'}, "
         f"fusermount3 {fuse['fusermount3'] or 'missing'}",
-        f"Cgroups:          v{info['cgroup_version']}",
+        f"Cgroups:          v{info['cgroup_version']}; limits "
+        + (f"enforced under {info['cgroup_limits']['delegated']} "
+           f"({' '.join(info['cgroup_limits']['controllers']) or 'no controllers'})"
+           if info["cgroup_limits"]["delegated"]
+           else f"not enforced: {info['cgroup_limits']['reason']}"),
         "Outbound network: " + (", ".join(k for k, v in info["network"].items() if v)
                                 or "none (install slirp4netns or passt)"),
     ]

@@ -177,12 +177,6 @@ def _ulimit(text: str) -> dict[str, Any]:
     return {"name": name.lower(), "soft": s, "hard": num(hard) if hard else s}
 
 
-def _cgroup_reason() -> str:
-    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return "cgroups v1 cannot be delegated to an unprivileged user"
-    return "no cgroup v2 subtree is delegated to this user (systemd Delegate=yes)"
-
-
 def host_options_from_args(args: Namespace) -> Any:
     from sandbox.lifecycle import HostOptions, parse_signal
 
@@ -211,9 +205,14 @@ def host_options_from_args(args: Namespace) -> Any:
         pids = int(args.pids_limit) if args.pids_limit else 0
     except ValueError:
         raise SpecError("invalid --cpus or --pids-limit value") from None
-    for flag, value in (("--memory", memory), ("--cpus", nano), ("--pids-limit", pids)):
-        if value:
-            sys.stderr.write(f"WARNING: {flag} is not enforced: {_cgroup_reason()}\n")
+    if memory or nano or pids:
+        from sandbox import _cgroups
+
+        for flag, value, controller in (("--memory", memory, "memory"), ("--cpus", nano, "cpu"),
+                                        ("--pids-limit", pids, "pids")):
+            why = _cgroups.reason(controller=controller) if value else ""
+            if why:
+                sys.stderr.write(f"WARNING: {flag} is not enforced: {why}\n")
     if ports and args.network == "host":
         sys.stderr.write("WARNING: Published ports are discarded when using host network "
                          "mode\n")

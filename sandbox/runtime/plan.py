@@ -10,7 +10,8 @@ The order is fixed, in ``build_plan``:
   3. make ``/`` ``MS_SLAVE|MS_REC`` so nothing propagates back to the host;
   4. the rootfs (storage driver), a mount point of its own;
   5. ``/proc``, ``/dev`` (tmpfs + device binds + devpts + shm + mqueue), ``/sys``, masked and
-     read-only paths, ``/etc/hosts``/``hostname``/``resolv.conf``, user mounts;
+     read-only paths, ``/sys/fs/cgroup`` (cgroup2, read-only),
+     ``/etc/hosts``/``hostname``/``resolv.conf``, user mounts;
   6. ``pivot_root`` and detach the old root;
   7. read-only root remount, hostname; then the init forks and execs the command.
 """
@@ -134,6 +135,11 @@ def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
     else:
         ops.append(MountOp("mount", "/sys", source="sysfs", fstype="sysfs",
                            flags=_NOSUID_NODEV_NOEXEC | sc.MS_RDONLY, in_root=True))
+        # the container's own cgroup (namespace root) read-only, as Docker with cgroupns=private:
+        # what a process reads to learn its limits; skipped where cgroup2 cannot be mounted
+        ops.append(MountOp("mount", "/sys/fs/cgroup", source="cgroup2", fstype="cgroup2",
+                           flags=_NOSUID_NODEV_NOEXEC | sc.MS_RDONLY, in_root=True,
+                           optional=True))
     ops += [MountOp("mask", p, in_root=True, optional=True) for p in MASKED_PATHS]
     ops += [MountOp("readonly", p, in_root=True, optional=True) for p in READONLY_PATHS]
     return ops

@@ -73,8 +73,11 @@ def _error_from(payload: bytes) -> errors.SandboxError:
 
 
 def start(spec: ContainerSpec, mapping: IdMapping,
-          forwarder: Forwarder | None = None) -> Started:
+          forwarder: Forwarder | None = None, cgroup: str = "") -> Started:
     """Start the container; returns once its command is exec'd or its setup has failed.
+
+    ``cgroup``: a cgroup v2 directory (``sandbox._cgroups.create``) the container's first
+    process is moved into before it unshares its cgroup namespace.
 
     Our signals go to the container from the moment it exists: through ``forwarder`` if the
     caller installed one, else through one installed here (main thread only), which ``wait``
@@ -101,7 +104,7 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     csock.close()
     started = Started(pid, forwarder)
     try:
-        _handshake(psock, started, mapping, spec.network)
+        _handshake(psock, started, mapping, spec.network, cgroup)
     finally:
         psock.close()
     return started
@@ -113,7 +116,7 @@ def _in_main_thread() -> bool:
 
 
 def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
-               network: str = "none") -> None:
+               network: str = "none", cgroup: str = "") -> None:
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
         if not msg:
@@ -129,6 +132,16 @@ def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
                     hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root")
                 sock.send(b"X")
                 return
+            if cgroup:
+                from sandbox._cgroups import enter
+
+                try:
+                    enter(cgroup, started.pid)
+                except OSError as exc:
+                    started.error = errors.SandboxError(
+                        f"cannot move the container into its cgroup {cgroup}: {exc.strerror}")
+                    sock.send(b"X")
+                    return
             sock.send(b"M")
         elif tag == b"G":
             started.init_pid = int(payload)

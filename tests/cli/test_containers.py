@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import _cgroups
+
 pytestmark = pytest.mark.requires_userns
 
 
@@ -257,7 +259,27 @@ def test_hosts_dns_ulimit_and_limit_warnings(cli, busybox_image):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["10.1.2.3\tdb.local", "nameserver 9.9.9.9", "512"]
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("WARNING")]
-    assert len(warnings) == 2 and all("not enforced" in w for w in warnings)
+    expected = [f"WARNING: {flag} is not enforced: {why}" for flag, why in (
+        ("--memory", _cgroups.reason(controller="memory")),
+        ("--pids-limit", _cgroups.reason(controller="pids"))) if why]
+    assert warnings == expected
+
+
+def test_limits_are_enforced_or_warned_about(cli, busybox_image):
+    """On a host with a delegated cgroup v2 tree the container sees its limits in its own
+    cgroup (and a fork bomb stops at pids.max); elsewhere each flag says why it is not."""
+    r = cli("run", "--rm", "--memory", "64m", "--cpus", "1.5", "--pids-limit", "20",
+            "busybox", "sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max "
+            "/sys/fs/cgroup/pids.max 2>/dev/null; "
+            "for i in $(seq 40); do sleep 5 & done 2>/dev/null; echo started")
+    assert r.returncode == 0, r.stderr
+    reasons = {c: _cgroups.reason(controller=c) for c in ("memory", "cpu", "pids")}
+    for flag, controller in (("--memory", "memory"), ("--cpus", "cpu"), ("--pids-limit", "pids")):
+        warned = f"WARNING: {flag} is not enforced: {reasons[controller]}" in r.stderr
+        assert warned == bool(reasons[controller]), r.stderr
+    if not any(reasons.values()):
+        assert r.stdout.splitlines()[:3] == ["67108864", "150000 100000", "20"]
+        assert "can't fork" in r.stderr or "Resource temporarily unavailable" in r.stderr
 
 
 def test_foreground_run_with_published_port(cli, busybox_image):

@@ -359,3 +359,69 @@ def test_detached_container_on_slirp4netns_has_its_tap(engine):
     s = run_d(engine, ["sleep", "30"], network="slirp4netns")
     r = lc.exec_run(engine, s.id, ["ip", "-o", "-4", "addr", "show", "tap0"])
     assert r.returncode == 0 and b"inet 10.0.2.100/24" in r.stdout, r.stderr
+
+
+def test_limits_go_to_a_delegated_cgroup_v2_and_the_container_is_moved_in(
+        engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The wiring, on a cgroupfs-shaped tree (this needs no delegated host): the limits are
+    written into the container's own cgroup, its first process is moved in before it starts,
+    and the cgroup is removed with the run."""
+    from sandbox import _cgroups
+    from sandbox.lifecycle import HostOptions
+
+    root = tmp_path / "cgroup"
+    base = root / "user.slice" / "user@1.service"
+    (base / "app.slice").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    for d in (base, base / "app.slice"):
+        (d / "cgroup.procs").write_text("")
+        (d / "cgroup.subtree_control").write_text("cpu memory pids\n" if d == base else "")
+    proc = tmp_path / "self-cgroup"
+    proc.write_text("0::/user.slice/user@1.service/app.slice\n")
+    monkeypatch.setattr(lc, "_CGROUP_V2_MARK", str(root / "cgroup.controllers"))
+    monkeypatch.setattr(_cgroups, "ROOT", str(root))
+    monkeypatch.setattr(_cgroups, "PROC_SELF", str(proc))
+    monkeypatch.setattr(_cgroups, "_cache", {})
+    removed = []
+    monkeypatch.setattr(_cgroups, "remove", removed.append)  # a real cgroupfs rmdirs it
+
+    host = HostOptions(memory=64 << 20, nano_cpus=500_000_000, pids_limit=20)
+    spec = lc.create(engine, "busybox", ["true"], RunOptions(), host)
+    engine.made.append(spec.id)
+    cg = base / "sandbox" / spec.id
+    cg.mkdir(parents=True)
+    for f in ("cgroup.procs", "memory.max", "cpu.max", "pids.max"):
+        (cg / f).write_text("")  # the files a real cgroupfs makes
+    (base / "sandbox" / "cgroup.subtree_control").write_text("")
+    seen = []
+    real_write_state = cs.write_state
+    monkeypatch.setattr(cs, "write_state", lambda d, st: (seen.append(dict(st)),
+                                                          real_write_state(d, st)))
+    assert lc.run_foreground(engine, spec) == 0
+    assert (base / "sandbox" / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (cg / "memory.max").read_text() == str(64 << 20)
+    assert (cg / "cpu.max").read_text() == "50000 100000"
+    assert (cg / "pids.max").read_text() == "20"
+    running = [st for st in seen if st.get("status") == "running"][0]
+    assert running["cgroup"] == str(cg)
+    assert (cg / "cgroup.procs").read_text() == str(running["cpid"])  # C, before its namespaces
+    assert removed == [str(cg)]
+    assert cs.read_state(spec.container_dir)["cgroup"] == ""
+
+
+def test_pause_uses_the_cgroup_freezer_where_the_container_has_one(engine, tmp_path: Path):
+    s = run_d(engine, ["sleep", "30"])
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "cgroup.freeze").write_text("")
+    (cg / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    cs.update_state(engine.store.container_dir(s.id), cgroup=str(cg))
+    lc.pause(engine, s.id)
+    assert (cg / "cgroup.freeze").read_text() == "1"
+    assert lc.state(engine, s.id).status == "paused"
+    with open(f"/proc/{s.pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] != "T"  # no SIGSTOP: the freezer's job
+    (cg / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    lc.unpause(engine, s.id)
+    assert (cg / "cgroup.freeze").read_text() == "0"
+    assert lc.state(engine, s.id).status == "running"
