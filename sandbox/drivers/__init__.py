@@ -12,7 +12,7 @@ import json
 import os
 
 from sandbox._record import record
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, UserNamespaceUnavailable
 from sandbox.store import Store
 
 __all__ = ["DRIVERS", "DriverChoice", "select_driver", "probe_overlay", "probe_fuse"]
@@ -43,12 +43,23 @@ def _probe_overlay_in_ns(base: str) -> str:
 
 
 def probe_overlay(store: Store) -> str:
-    """``ok`` or why kernel overlayfs cannot be mounted in a user namespace here."""
+    """``ok`` or why kernel overlayfs cannot be mounted in a user namespace here.
+
+    A user namespace that cannot be made at all (maps refused) is raised, not a probe result:
+    it is not a fact about overlayfs to remember, and nothing would run anyway.
+    """
+    from sandbox.runtime.idmap import MapError
     from sandbox.runtime.userns import run_in_userns
 
     base = store.mkdtemp(suffix=".probe")
     try:
         return run_in_userns(_probe_overlay_in_ns, base)
+    except MapError as exc:
+        raise UserNamespaceUnavailable(f"cannot write the uid/gid maps: {exc.strerror}",
+                                       hint="check /etc/subuid, /etc/subgid and that "
+                                            "newuidmap is setuid root") from None
+    except UserNamespaceUnavailable:
+        raise
     except OSError as exc:
         return f"overlay mount in a user namespace failed: {os.strerror(exc.errno or 0)}"
     except SandboxError as exc:
@@ -58,8 +69,11 @@ def probe_overlay(store: Store) -> str:
 
         try:
             _run(store.rm_rf, base)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+        except Exception:  # noqa: BLE001 - no namespace: nothing in it was made inside one
+            try:
+                store.rm_rf(base)
+            except (OSError, SandboxError):
+                pass
 
 
 def probe_fuse() -> str:

@@ -475,6 +475,7 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
     """
     code = 125
     parent = os.getppid()
+    fuse_pid = 0
     try:
         sc.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent:
@@ -490,7 +491,6 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
         if spec.network != "host":
             flags |= sc.CLONE_NEWNET
-        fuse_pid = 0
         if spec.rootfs.driver == "fuse":
             fuse_pid = _start_fuse(spec)
         sc.unshare(flags)
@@ -505,10 +505,12 @@ def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | 
     except BaseException as exc:  # noqa: BLE001
         report(sock, "SandboxError", f"container setup: {exc}", 125)
         code = 125
-    if fuse_pid:
-        _stop_fuse(spec, fuse_pid)
-    _cleanup(spec)
-    os._exit(code)
+    try:
+        if fuse_pid:
+            _stop_fuse(spec, fuse_pid)
+        _cleanup(spec)
+    finally:
+        os._exit(code)  # a forked copy of the caller: never return into its code
 
 
 def _start_fuse(spec: ContainerSpec) -> int:

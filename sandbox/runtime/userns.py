@@ -34,6 +34,14 @@ def _read_all(fd: int) -> bytes:
 
 def _child(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
            ready_r: int, go_r: int, out_w: int, ready_w: int) -> None:
+    try:
+        _child_call(func, args, kwargs, go_r, out_w, ready_w)
+    finally:
+        os._exit(1)  # a forked copy of the caller: never return into its code
+
+
+def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                go_r: int, out_w: int, ready_w: int) -> None:
     code = 0
     try:
         try:
@@ -53,7 +61,10 @@ def _child(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
         payload = pickle.dumps(result)
     except Exception:  # noqa: BLE001 - an unpicklable exception
         payload = pickle.dumps(("err", SandboxError(str(result[1]))))
-    os.write(out_w, payload)
+    try:
+        os.write(out_w, payload)
+    except OSError:
+        pass  # the caller gave up on us (its maps failed)
     os._exit(code)
 
 

@@ -339,3 +339,21 @@ def _is_our_slirp(pid: str) -> bool:
         return is_slirp and os.stat(f"/proc/{pid}").st_uid == os.getuid()
     except OSError:
         return False
+
+
+@pytest.mark.requires_subuid
+def test_a_failing_newuidmap_is_one_line_and_leaves_nothing(cli, busybox_image, tmp_path: Path,
+                                                            session_store: Path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("newuidmap", "newgidmap"):
+        (fake / tool).write_text("#!/bin/sh\necho \"$0: write to uid_map failed\" >&2\nexit 1\n")
+        (fake / tool).chmod(0o755)
+    before = set(os.listdir(session_store / "containers"))
+    r = cli("run", "--rm", busybox_image, "true",
+            env={"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    assert r.returncode == 125
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("sandbox:")]
+    assert ours and ours[0].startswith("sandbox: cannot write the uid/gid maps"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert set(os.listdir(session_store / "containers")) <= before
