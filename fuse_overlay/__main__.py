@@ -144,14 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     if not config.foreground:
         return _daemonize(config)
     ready_fd = config.ready_fd
+    parent = os.getppid()
     if config.die_with_parent:
-        parent = os.getppid()
         set_parent_death_signal(signal.SIGTERM)  # libfuse unmounts and exits on SIGTERM
         if os.getppid() != parent:
             return 1
     try:
         serve(config, None if ready_fd is None else lambda: _notify(ready_fd, b"ok\n"))
     except Exception as exc:
+        if config.die_with_parent and os.getppid() != parent:
+            return 0  # told to end with our parent, which has gone: how libfuse stops is moot
         sys.stderr.write(f"fuse-overlay: {exc}\n")
         return 1
     return 0
