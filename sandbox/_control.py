@@ -3,12 +3,12 @@ by (pid, start time), killing leftovers, unmounting a leftover FUSE rootfs."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal as _signal
 import time
 
 from sandbox import _cstate as cs
+from sandbox import _json as json
+from sandbox import _sig as _signal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

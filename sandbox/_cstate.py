@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
 from collections.abc import Iterator
+
+from sandbox import _json as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

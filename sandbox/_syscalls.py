@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import os
-import socket
 import struct
 
 TYPE_CHECKING = False
@@ -249,11 +248,16 @@ _IFF_UP = 0x1
 
 def loopback_up() -> None:
     """Bring ``lo`` up in the current network namespace (bubblewrap ``loopback_setup``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    from sandbox._sock import udp
+
+    sock = udp()
+    try:
         ifreq = struct.pack("16sh14x", b"lo", 0)
         res = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq)
         flags = struct.unpack("16sh14x", res)[1]
         fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | _IFF_UP))
+    finally:
+        sock.close()
 
 
 def mknod_whiteout(path: str) -> None:

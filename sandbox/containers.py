@@ -8,10 +8,10 @@ mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from sandbox import _json as json
 from sandbox._record import asdict, field, record, replace
 from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore

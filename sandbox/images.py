@@ -14,11 +14,11 @@ refers to them: pull, load, import; exclusive for garbage collection), then ``in
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import time
 from collections.abc import Iterator
 
+from sandbox import _json as json
 from sandbox._record import field, record
 from sandbox.errors import ImageNotFound, SandboxError, StoreError
 from sandbox.store import Store

@@ -11,14 +11,14 @@ plugin use nothing else.
 
 from __future__ import annotations
 
-import json
 import os
-import signal as _signal
 import time
 from collections.abc import Iterator, Sequence
 
 from sandbox import _control as _ctl
 from sandbox import _cstate as cs
+from sandbox import _json as json
+from sandbox import _sig as _signal
 from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
 
@@ -96,10 +96,11 @@ def parse_signal(sig: str | int) -> int:
     text = str(sig).strip().upper()
     if text.isdigit():
         return int(text)
-    try:
-        return int(_signal.Signals[text if text.startswith("SIG") else "SIG" + text])
-    except KeyError:
-        raise SpecError(f"invalid signal: {sig}", hint="use a name like TERM or a number") from None
+    name = text if text.startswith("SIG") else "SIG" + text
+    value = getattr(_signal, name, None) if name[3:].isalnum() else None  # not SIG_DFL & co
+    if not isinstance(value, int):
+        raise SpecError(f"invalid signal: {sig}", hint="use a name like TERM or a number")
+    return int(value)
 
 
 # -- reading state ------------------------------------------------------------------------------

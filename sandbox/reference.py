@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import re
-
 from sandbox._record import record, replace
 from sandbox.errors import InvalidReference
 
@@ -25,24 +23,94 @@ OFFICIAL_REPO_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 NAME_TOTAL_LENGTH_MAX = 255
 
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
-_DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
-_HOST = rf"(?:{_DOMAIN_NAME}|{_IPV6})"
-_DOMAIN = rf"{_HOST}(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_PATH = rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+# The grammar of distribution/reference's regexp.go, checked by hand rather than with ``re``:
+# importing and compiling regular expressions is a noticeable share of ``sandbox run``'s
+# start-up, and these are small regular languages (tests/sandbox/test_reference.py checks
+# each against the original regular expressions).
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALNUM_ANY = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_WORD = _ALNUM_ANY | {"_"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+_LOWER_HEX = frozenset("0123456789abcdef")
 
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_PATH_RE = re.compile(rf"^{_PATH}$")
-_TAG_RE = re.compile(rf"^{_TAG}$")
-_DIGEST_RE = re.compile(rf"^{_DIGEST}$")
-_ANCHORED_ID_RE = re.compile(r"^[a-f0-9]{64}$")
-_ID_PREFIX_RE = re.compile(r"^(?:sha256:)?[a-f0-9]{6,64}$")
+
+def _is_path_component(c: str) -> bool:
+    """``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``"""
+    if not c or c[0] not in _LOWER_ALNUM or c[-1] not in _LOWER_ALNUM:
+        return False
+    sep = ""
+    for ch in c:
+        if ch in _LOWER_ALNUM:
+            if sep and sep not in (".", "_", "__") and sep.strip("-"):
+                return False
+            sep = ""
+        elif ch in "._-":
+            sep += ch
+        else:
+            return False
+    return True
+
+
+def _is_path(path: str) -> bool:
+    return all(_is_path_component(c) for c in path.split("/"))
+
+
+def _is_domain_component(c: str) -> bool:
+    """``[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]``"""
+    return (bool(c) and c[0] in _ALNUM_ANY and c[-1] in _ALNUM_ANY
+            and all(ch in _ALNUM_ANY or ch == "-" for ch in c))
+
+
+def _is_domain(domain: str) -> bool:
+    """``(?:domain-name|\\[ipv6\\])(?::[0-9]+)?``"""
+    host, port = domain, ""
+    if domain.startswith("["):
+        end = domain.find("]")
+        if end < 0:
+            return False
+        host, rest = domain[:end + 1], domain[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                return False
+            port = rest[1:] or "x"
+        inner = host[1:-1]
+        ok = bool(inner) and all(ch in _HEX or ch == ":" for ch in inner)
+    else:
+        if ":" in domain:
+            host, _, port = domain.rpartition(":")
+            port = port or "x"
+        ok = all(_is_domain_component(c) for c in host.split("."))
+    return ok and (not port or port.isascii() and port.isdigit())
+
+
+def _is_tag(tag: str) -> bool:
+    """``[\\w][\\w.-]{0,127}`` (ASCII word characters, as Go's)"""
+    return (0 < len(tag) <= 128 and tag[0] in _WORD
+            and all(ch in _WORD or ch in ".-" for ch in tag))
+
+
+def _is_digest_syntax(digest: str) -> bool:
+    """``[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}``"""
+    algo, colon, hexpart = digest.partition(":")
+    if not colon or len(hexpart) < 32 or not all(ch in _HEX for ch in hexpart):
+        return False
+    part = ""
+    for ch in algo + "+":
+        if ch in "-_+.":
+            if not part or not part[0].isascii() or not part[0].isalpha():
+                return False
+            part = ""
+        elif ch in _ALNUM_ANY:
+            part += ch
+        else:
+            return False
+    return True
+
+
+def _is_lower_hex(text: str, low: int, high: int) -> bool:
+    return low <= len(text) <= high and all(ch in _LOWER_HEX for ch in text)
+
+
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
 
@@ -91,7 +159,7 @@ class Reference:
 
     def with_tag(self, tag: str) -> Reference:
         """This repository with ``tag`` and no digest."""
-        if not _TAG_RE.match(tag):
+        if not _is_tag(tag):
             raise InvalidReference(f"invalid tag format: {tag!r}",
                                    hint="a tag is up to 128 of [A-Za-z0-9_.-], not starting "
                                         "with '.' or '-'")
@@ -104,7 +172,7 @@ class Reference:
 
 
 def _check_digest(digest: str) -> None:
-    if not _DIGEST_RE.match(digest):
+    if not _is_digest_syntax(digest):
         raise InvalidReference(f"invalid digest format: {digest!r}",
                                hint="expected ALGORITHM:HEX, e.g. sha256:<64 hex digits>")
     algo, _, hexpart = digest.partition(":")
@@ -142,7 +210,7 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     s = text.strip()
     if not s:
         raise InvalidReference("invalid reference format: empty image name")
-    if _ANCHORED_ID_RE.match(s):
+    if _is_lower_hex(s, 64, 64):
         raise InvalidReference(
             f"invalid repository name ({s}), cannot specify 64-byte hexadecimal strings",
             hint="to name an image by id use its id directly, not as a repository")
@@ -154,17 +222,17 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     colon = name.rfind(":")
     if colon > name.rfind("/"):
         name, tag = name[:colon], name[colon + 1:]
-        if not _TAG_RE.match(tag):
+        if not _is_tag(tag):
             raise InvalidReference(f"invalid reference format: bad tag {tag!r} in {text!r}",
                                    hint="a tag is up to 128 of [A-Za-z0-9_.-]")
     domain, path = _split_domain(name)
-    if not _DOMAIN_RE.match(domain):
+    if not _is_domain(domain):
         raise InvalidReference(f"invalid reference format: bad registry host {domain!r} "
                                f"in {text!r}")
     if path.lower() != path:
         raise InvalidReference(f"invalid reference format: repository name must be lowercase: "
                                f"{text!r}")
-    if not _PATH_RE.match(path):
+    if not _is_path(path):
         raise InvalidReference(f"invalid reference format: {text!r}",
                                hint="a repository is lowercase [a-z0-9] components separated "
                                     "by '/', '.', '_', '__' or '-'")
@@ -181,4 +249,4 @@ def is_image_id_prefix(text: str) -> bool:
 
     Docker tries a reference first, then an id prefix; the caller decides the order.
     """
-    return bool(_ID_PREFIX_RE.match(text))
+    return _is_lower_hex(text[7:] if text.startswith("sha256:") else text, 6, 64)

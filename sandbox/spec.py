@@ -7,9 +7,9 @@ fresh helper process must execute it.
 
 from __future__ import annotations
 
-import json
 import os
 
+from sandbox import _json as json
 from sandbox._record import asdict, field, record
 from sandbox.errors import SpecError
 

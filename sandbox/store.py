@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
 
+from sandbox import _json as json
 from sandbox.errors import DigestMismatch, StoreError
 
 TYPE_CHECKING = False

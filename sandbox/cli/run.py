@@ -124,8 +124,6 @@ def parse_mount(text: str) -> Any:
 
 def options_from_args(args: Namespace) -> tuple[object, list[str]]:
     """(RunOptions, command) from parsed flags."""
-    import shlex
-
     from sandbox.containers import RunOptions, parse_volume
     from sandbox.spec import Mount, parse_env_file, parse_env_list
 
@@ -145,6 +143,8 @@ def options_from_args(args: Namespace) -> tuple[object, list[str]]:
         labels[k] = v
     entrypoint = None
     if args.entrypoint is not None:
+        import shlex
+
         entrypoint = tuple(shlex.split(args.entrypoint)) if args.entrypoint else ()
     if args.user is not None and not args.user:
         raise SpecError("invalid user ''", hint="use -u NAME|UID[:GROUP|GID]")

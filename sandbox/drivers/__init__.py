@@ -8,9 +8,9 @@ store; ``--storage-driver`` or ``SANDBOX_STORAGE_DRIVER`` overrides it.
 
 from __future__ import annotations
 
-import json
 import os
 
+from sandbox import _json as json
 from sandbox._record import record
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
 from sandbox.store import Store

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
-import signal
-import socket
 import sys
 import termios
 
+from sandbox import _json as json
+from sandbox import _sig as signal
+from sandbox import _sock
 from sandbox import _syscalls as sc
 from sandbox._paths import resolve_in_root
 from sandbox.runtime.plan import MountOp, build_plan
@@ -111,14 +111,14 @@ class SetupFailed(Exception):
         self.code = code
 
 
-def _send(sock: socket.socket, data: bytes) -> None:
+def _send(sock: _sock.Socket, data: bytes) -> None:
     try:
         sock.send(data)
     except OSError:
         pass
 
 
-def report(sock: socket.socket, kind: str, message: str, code: int) -> None:
+def report(sock: _sock.Socket, kind: str, message: str, code: int) -> None:
     _send(sock, b"E" + json.dumps({"kind": kind, "message": message, "code": code}).encode())
 
 
@@ -203,7 +203,7 @@ def _do(op: MountOp, root: str) -> None:
     elif kind == "pivot_root":
         _pivot_root(op.target)
     elif kind == "hostname":
-        socket.sethostname(op.target)
+        _sock.sethostname(op.target)
     else:
         raise ValueError(f"unknown setup step {kind!r}")
 
@@ -397,7 +397,7 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
     os._exit(0)
 
 
-def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None = None,
+def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
                result_fd: int = -1) -> NoReturn:
     """G: PID 1 of the container."""
     code = 125
@@ -408,7 +408,7 @@ def _init_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None
         slave = -1
         if spec.tty:
             master, slave = os.openpty()
-            socket.send_fds(sock, [b"T"], [master])
+            _sock.send_fds(sock, [b"T"], [master])
             os.close(master)
         if spec.network.startswith(("slirp4netns", "pasta")):
             _recv_exact(sock, b"N")  # the caller's slirp4netns or pasta has configured it
@@ -460,14 +460,14 @@ def _docker_status(status: int) -> int:
 
 # -- C: the namespace holder ------------------------------------------------------------------
 
-def _recv_exact(sock: socket.socket, want: bytes) -> None:
+def _recv_exact(sock: _sock.Socket, want: bytes) -> None:
     data = sock.recv(64)
     if data != want:
         raise SetupFailed("UserNamespaceUnavailable",
                           "the caller could not write the uid/gid maps", 125)
 
 
-def container_main(spec: ContainerSpec, sock: socket.socket, payload: Payload | None = None,
+def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
                    result_fd: int = -1) -> NoReturn:
     """C: create the namespaces, start PID 1, wait for it, clean up. Never returns.
 
@@ -535,7 +535,7 @@ def _stop_fuse(spec: ContainerSpec, pid: int) -> None:
     unmount_fuse(spec.rootfs.mountpoint, pid)
 
 
-def _start_init(spec: ContainerSpec, sock: socket.socket, payload: Payload | None,
+def _start_init(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None,
                 result_fd: int, forwarder: Forwarder) -> int:
     gpid = os.fork()
     if gpid == 0:
@@ -606,8 +606,8 @@ def main() -> NoReturn:
     from sandbox.spec import spec_from_json
 
     fd = int(sys.argv[1])
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)  # closed by the command's exec: the caller's EOF means "started"
+    sock = _sock.from_fd(fd)
+    _sock.set_inheritable(sock, False)  # closed by the exec: the caller's EOF means "started"
     container_main(spec_from_json(sock.recv(1 << 22)), sock)
 
 

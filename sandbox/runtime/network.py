@@ -19,8 +19,8 @@ option, which drops the ``--no-map-gw`` we pass). Other pasta options are passed
 from __future__ import annotations
 
 import os
-import signal
 
+from sandbox import _sig as signal
 from sandbox import errors
 
 __all__ = ["MODES", "network_mode", "check_network", "start_network", "NetHelper",

@@ -61,8 +61,13 @@ class MountOp:
     optional: bool = False
 
 
-def rootfs_ops(rootfs: RootfsSpec) -> list[MountOp]:
-    """Step 4: the storage driver's half inside the namespaces."""
+def rootfs_ops(rootfs: RootfsSpec, *, volatile: bool = False) -> list[MountOp]:
+    """Step 4: the storage driver's half inside the namespaces.
+
+    ``volatile`` (``--rm``): overlayfs skips syncing the upper filesystem when it is unmounted,
+    as Podman mounts ``--rm`` containers: their layer is deleted next, and that sync is an
+    ext4 journal commit at every container's end.
+    """
     mnt = rootfs.mountpoint
     if rootfs.driver == "copy":
         return [MountOp("bind", mnt, source=rootfs.upper, flags=sc.MS_REC)]
@@ -71,13 +76,14 @@ def rootfs_ops(rootfs: RootfsSpec) -> list[MountOp]:
         return [MountOp("bind", mnt, source=mnt, flags=sc.MS_REC)]
     if not rootfs.host:
         return [MountOp("mount", mnt, source="overlay", fstype="overlay",
-                        data=overlay_options(rootfs.lowers, rootfs.upper, rootfs.work))]
+                        data=overlay_options(rootfs.lowers, rootfs.upper, rootfs.work,
+                                             volatile=volatile))]
     ops = [MountOp("bind", mnt, source=rootfs.upper)]
     for lower in rootfs.lowers:
         name = lower.strip("/")
         ops.append(MountOp("mount", f"{mnt}/{name}", source="overlay", fstype="overlay",
                            data=overlay_options((lower,), f"{rootfs.upper}/{name}",
-                                                f"{rootfs.work}/{name}")))
+                                                f"{rootfs.work}/{name}", volatile=volatile)))
     for bind in rootfs.binds:
         name = bind.strip("/")
         ops.append(MountOp("bind", f"{mnt}/{name}", source=bind, flags=sc.MS_REC))
@@ -89,9 +95,11 @@ def rootfs_ops(rootfs: RootfsSpec) -> list[MountOp]:
     return ops
 
 
-def overlay_options(lowers: tuple[str, ...], upper: str, work: str) -> str:
+def overlay_options(lowers: tuple[str, ...], upper: str, work: str, *,
+                    volatile: bool = False) -> str:
     escaped = ":".join(low.replace(",", "\\,").replace(":", "\\:") for low in lowers)
-    return f"lowerdir={escaped},upperdir={upper},workdir={work},userxattr"
+    return (f"lowerdir={escaped},upperdir={upper},workdir={work},userxattr"
+            + (",volatile" if volatile else ""))
 
 
 def _dev_ops(spec: ContainerSpec) -> list[MountOp]:
@@ -175,7 +183,7 @@ def build_plan(spec: ContainerSpec) -> list[MountOp]:
     if spec.network != "host":  # none, slirp4netns: our own network namespace
         ops.append(MountOp("lo_up", "lo"))                                   # 2
     ops.append(MountOp("rslave", "/"))                                       # 3
-    ops += rootfs_ops(spec.rootfs)                                           # 4
+    ops += rootfs_ops(spec.rootfs, volatile=spec.remove)                                           # 4
     ops += _proc_sys_ops(spec)                                               # 5
     ops += _dev_ops(spec)
     ops += _etc_ops(spec)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
-import socket
 import sys
 import time
 
-from sandbox import errors
+from sandbox import _sig as signal
+from sandbox import _sock, errors
 from sandbox.runtime.idmap import IdMapping, MapError, write_maps
 from sandbox.runtime.init import Forwarder, container_main
 from sandbox.spec import ContainerSpec, spec_to_json
@@ -85,9 +84,9 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     """
     if forwarder is None and _in_main_thread():
         forwarder = Forwarder()
-    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    psock, csock = _sock.socketpair()
     if _must_spawn():
-        csock.set_inheritable(True)
+        _sock.set_inheritable(csock, True)
         pid = os.posix_spawn(sys.executable,
                              [sys.executable, "-m", "sandbox.runtime.init", str(csock.fileno())],
                              os.environ)
@@ -115,10 +114,10 @@ def _in_main_thread() -> bool:
     return threading is None or threading.current_thread() is threading.main_thread()
 
 
-def _handshake(sock: socket.socket, started: Started, mapping: IdMapping,
+def _handshake(sock: _sock.Socket, started: Started, mapping: IdMapping,
                network: str = "none", cgroup: str = "") -> None:
     while True:
-        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+        msg, fds, _, _ = _sock.recv_fds(sock, 1 << 16, 1)
         if not msg:
             return
         tag, payload = msg[:1], msg[1:]
@@ -273,7 +272,7 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
     unshares at once and touches no lock the parent's threads may hold. On ``timeout`` the whole
     container is killed and the status is 137.
     """
-    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    psock, csock = _sock.socketpair()
     result_r, result_w = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -91,3 +91,55 @@ def test_image_id_prefix() -> None:
     assert not is_image_id_prefix("abc")
     assert not is_image_id_prefix("ubuntu")
     assert not is_image_id_prefix("0" * 65)
+
+
+# -- the hand-written grammar checks against distribution/reference's regular expressions --------
+
+_ORACLE = {
+    "path_component": r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*",
+    "domain": r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+              r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+              r"|\[(?:[a-fA-F0-9:]+)\])(?::[0-9]+)?",
+    "tag": r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+    "digest": r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}",
+}
+
+
+def _random_strings(alphabet: str, n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(n)]
+
+
+@pytest.mark.parametrize(("kind", "alphabet", "check"), [
+    ("path_component", "ab9._-A:/", "_is_path_component"),
+    ("domain", "aZ9.-:[]f", "_is_domain"),
+    ("tag", "aZ9_.-é:", "_is_tag"),
+])
+def test_grammar_checks_agree_with_the_regular_expressions(kind: str, alphabet: str,
+                                                           check: str) -> None:
+    import re
+
+    from sandbox import reference
+
+    oracle = re.compile(_ORACLE[kind])
+    func = getattr(reference, check)
+    samples = _random_strings(alphabet, 20000, seed=len(kind)) + [
+        "a", "a.b", "a__b", "a___b", "a--b", "a-", "-a", "a..b", "._", "localhost:5000",
+        "[::1]:5000", "[::1]", "[]", "host:", ":5000", "a" * 129, "é"]
+    for s in samples:
+        assert func(s) == bool(oracle.fullmatch(s)), (kind, s)
+
+
+def test_digest_check_agrees_with_the_regular_expression() -> None:
+    import re
+
+    from sandbox.reference import _is_digest_syntax
+
+    oracle = re.compile(_ORACLE["digest"])
+    hexes = ["0" * 32, "a" * 64, "G" * 40, "0" * 31, "Ab" * 20]
+    for algo in _random_strings("sA9-_+.", 5000, seed=7) + ["sha256", "sha256+b64u", "x.y"]:
+        for h in hexes:
+            d = f"{algo}:{h}"
+            assert _is_digest_syntax(d) == bool(oracle.fullmatch(d)), d
