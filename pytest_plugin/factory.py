@@ -196,7 +196,7 @@ class SandboxFactory:
         kwargs: dict[str, Any] = dict(
             env=req.env, workdir=req.workdir or "", user=req.user, network=req.network,
             mounts=tuple(parse_volume(v) for v in req.volumes), labels=labels, remove=remove,
-            storage_driver=req.storage_driver)
+            storage_driver=req.storage_driver, volatile=True)  # a test's container is thrown away
         from sandbox._record import fields as record_fields
 
         fields = set(record_fields(RunOptions))
@@ -268,7 +268,7 @@ class SandboxFactory:
         mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
         opts = RunOptions(env=req.env, workdir=workdir, network=req.network,
                           mounts=tuple(mounts), remove=False, labels=self.labels(item),
-                          storage_driver=req.storage_driver)
+                          storage_driver=req.storage_driver, volatile=True)
         spec = self.engine.create(req.image, ["true"], opts)
         self._isolate_state[spec.id] = (key, _snapshot(spec))
         return spec

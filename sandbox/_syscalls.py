@@ -121,6 +121,15 @@ def _lib() -> _Libc:
     return _libc
 
 
+def preload() -> None:
+    """Load libc's entry points now, in a process about to fork containers: each child then
+    inherits them instead of paying ``_ctypes``' set-up (about 1.5 ms) on its way to
+    ``unshare``. Idempotent; the pytest plugin forks one container per isolated test."""
+    lib = _lib()
+    for name in ("prctl", "unshare", "mount", "umount2", "syscall", "setns"):
+        getattr(lib, name)
+
+
 def _check(ret: int, op: str, path: str | None = None) -> int:
     if ret == -1:
         err = _lib().get_errno()

@@ -96,6 +96,7 @@ class RunOptions:
     entrypoint: tuple[str, ...] | None = None
     labels: dict[str, str] = field(default_factory=dict)
     storage_driver: str | None = None
+    volatile: bool = False  # a throwaway layer (implied by ``remove``): see RootfsSpec.volatile
 
 
 def _merge_env(base: list[str], extra: tuple[str, ...]) -> tuple[str, ...]:
@@ -260,6 +261,8 @@ class Engine:
                 uid_map=mapping.uid_map, gid_map=mapping.gid_map, map_mode=mapping.mode,
                 container_dir=cdir, store_root=self.store.root, remove=opts.remove,
                 labels=dict(opts.labels))
+            if opts.remove or opts.volatile:
+                spec = replace(spec, rootfs=replace(rootfs, volatile=True))
             validate_spec(spec)
             write_container_files(spec)
         except BaseException:

@@ -66,6 +66,9 @@ class RootfsSpec:
     host: bool = False  # the built-in ``host`` image: lowers are the host's top-level dirs
     binds: tuple[str, ...] = ()  # host image: top-level dirs with submounts, bound read-only
     tmpfs: tuple[str, ...] = ()  # host image: top-level dirs replaced by a fresh tmpfs
+    # overlayfs ``volatile``: no sync of the upper filesystem at unmount, for layers that are
+    # thrown away (``--rm``, the pytest plugin's isolated tests)
+    volatile: bool = False
 
 
 @record

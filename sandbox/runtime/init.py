@@ -192,6 +192,10 @@ def _do(op: MountOp, root: str) -> None:
         _remount_ro(target)
     elif kind == "mkdir":
         os.makedirs(_target(op, root), exist_ok=True)
+    elif kind == "rmdir":
+        os.rmdir(_target(op, root))
+    elif kind == "unlink":
+        os.unlink(_target(op, root))
     elif kind == "touch":
         _touch(_target(op, root))
     elif kind == "symlink":
@@ -215,7 +219,7 @@ def execute_plan(ops: list[MountOp], root: str) -> None:
             _do(op, root)
         except OSError as exc:
             if op.optional and exc.errno in (errno.ENOENT, errno.EPERM, errno.EACCES,
-                                             errno.EINVAL, errno.ENOTDIR):
+                                             errno.EINVAL, errno.ENOTDIR, errno.ENOTEMPTY):
                 continue
             what = op.kind if op.kind != "mount" else f"mount {op.fstype or op.source}"
             where = op.target if op.in_root or op.kind in ("pivot_root", "hostname") else \

@@ -45,7 +45,8 @@ class MountOp:
 
     ``kind`` is one of: ``lo_up``, ``rslave``, ``mount``, ``bind`` (``flags`` may add ``MS_REC``),
     ``remount_ro`` (an existing mount point), ``readonly`` (bind onto itself, then
-    ``remount_ro``), ``mkdir``, ``touch``, ``symlink``, ``mask``, ``pivot_root``, ``hostname``.
+    ``remount_ro``), ``mkdir``, ``rmdir``, ``unlink``, ``touch``, ``symlink``, ``mask``,
+    ``pivot_root``, ``hostname``.
     ``in_root`` targets are container paths resolved inside the rootfs with ``resolve_in_root``
     at execution time; other targets are host paths. ``optional`` steps are
     skipped when they fail with ENOENT/EPERM (a masked path the kernel does not have).
@@ -61,26 +62,29 @@ class MountOp:
     optional: bool = False
 
 
-def rootfs_ops(rootfs: RootfsSpec, *, volatile: bool = False) -> list[MountOp]:
+def rootfs_ops(rootfs: RootfsSpec) -> list[MountOp]:
     """Step 4: the storage driver's half inside the namespaces.
 
-    ``volatile`` (``--rm``): overlayfs skips syncing the upper filesystem when it is unmounted,
-    as Podman mounts ``--rm`` containers: their layer is deleted next, and that sync is an
-    ext4 journal commit at every container's end.
+    ``rootfs.volatile`` (``--rm``, test containers): overlayfs skips syncing the upper
+    filesystem when it is unmounted, as Podman mounts ``--rm`` containers: their layer is
+    deleted next, and that sync is a journal commit of the store's filesystem per overlay.
     """
     mnt = rootfs.mountpoint
+    volatile = rootfs.volatile
     if rootfs.driver == "copy":
         return [MountOp("bind", mnt, source=rootfs.upper, flags=sc.MS_REC)]
     if rootfs.driver == "fuse":
         # the fuse_overlay process was started by the executor; its mount is already there.
         return [MountOp("bind", mnt, source=mnt, flags=sc.MS_REC)]
     if not rootfs.host:
-        return [MountOp("mount", mnt, source="overlay", fstype="overlay",
+        return [*_volatile_reset(rootfs.work, volatile),
+                MountOp("mount", mnt, source="overlay", fstype="overlay",
                         data=overlay_options(rootfs.lowers, rootfs.upper, rootfs.work,
                                              volatile=volatile))]
     ops = [MountOp("bind", mnt, source=rootfs.upper)]
     for lower in rootfs.lowers:
         name = lower.strip("/")
+        ops += _volatile_reset(f"{rootfs.work}/{name}", volatile)
         ops.append(MountOp("mount", f"{mnt}/{name}", source="overlay", fstype="overlay",
                            data=overlay_options((lower,), f"{rootfs.upper}/{name}",
                                                 f"{rootfs.work}/{name}", volatile=volatile)))
@@ -93,6 +97,18 @@ def rootfs_ops(rootfs: RootfsSpec, *, volatile: bool = False) -> list[MountOp]:
         ops.append(MountOp("mount", f"{mnt}/{name}", source="tmpfs", fstype="tmpfs",
                            flags=sc.MS_NOSUID | sc.MS_NODEV, data="mode=1777"))
     return ops
+
+
+def _volatile_reset(work: str, volatile: bool) -> list[MountOp]:
+    """A volatile overlay leaves ``work/work/incompat/volatile/dirty`` and refuses the next
+    mount of the same upper while it is there; a layer mounted again (the pytest plugin reuses
+    an isolated test's untouched container) was unmounted cleanly, so the marker goes."""
+    if not volatile:
+        return []
+    marker = f"{work}/work/incompat/volatile"
+    return [MountOp("unlink", f"{marker}/dirty", optional=True),
+            MountOp("rmdir", marker, optional=True),
+            MountOp("rmdir", f"{work}/work/incompat", optional=True)]
 
 
 def overlay_options(lowers: tuple[str, ...], upper: str, work: str, *,
@@ -183,7 +199,7 @@ def build_plan(spec: ContainerSpec) -> list[MountOp]:
     if spec.network != "host":  # none, slirp4netns: our own network namespace
         ops.append(MountOp("lo_up", "lo"))                                   # 2
     ops.append(MountOp("rslave", "/"))                                       # 3
-    ops += rootfs_ops(spec.rootfs, volatile=spec.remove)                                           # 4
+    ops += rootfs_ops(spec.rootfs)                                           # 4
     ops += _proc_sys_ops(spec)                                               # 5
     ops += _dev_ops(spec)
     ops += _etc_ops(spec)

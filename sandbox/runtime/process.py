@@ -272,6 +272,9 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
     unshares at once and touches no lock the parent's threads may hold. On ``timeout`` the whole
     container is killed and the status is 137.
     """
+    from sandbox import _syscalls
+
+    _syscalls.preload()  # once per process: not in every child
     psock, csock = _sock.socketpair()
     result_r, result_w = os.pipe()
     pid = os.fork()

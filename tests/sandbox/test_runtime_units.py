@@ -106,6 +106,20 @@ def test_plan_overlay_options_escape_and_order():
     assert op.data == "lowerdir=/a\\:b:/c\\,d,upperdir=/u,workdir=/w,userxattr"
 
 
+def test_plan_volatile_overlay_drops_the_previous_marker_first():
+    rootfs = RootfsSpec(driver="overlay", lowers=("/l",), upper="/u", work="/w", mountpoint="/m",
+                        volatile=True)
+    ops = build_plan(make_spec(rootfs=rootfs))
+    i = next(i for i, op in enumerate(ops) if op.fstype == "overlay")
+    assert ops[i].data.endswith(",userxattr,volatile")
+    assert [(op.kind, op.target, op.optional) for op in ops[i - 3:i]] == [
+        ("unlink", "/w/work/incompat/volatile/dirty", True),
+        ("rmdir", "/w/work/incompat/volatile", True), ("rmdir", "/w/work/incompat", True)]
+    plain = build_plan(make_spec(rootfs=replace(rootfs, volatile=False)))
+    assert not any(op.kind in ("unlink", "rmdir") for op in plain)
+    assert "volatile" not in next(op for op in plain if op.fstype == "overlay").data
+
+
 def test_plan_user_mounts_readonly_and_tmpfs():
     spec = make_spec(mounts=(Mount(target="/ro", source="/h", readonly=True),
                              Mount(target="/t", type="tmpfs", options=("size=1m",))))
