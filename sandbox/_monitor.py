@@ -202,6 +202,9 @@ class Monitor:
                 self._start_forwarder(started.init_pid, listeners)
             self._running(started, ports, restarts)
             code = self._loop(started)
+            from sandbox.runtime.process import stop_network
+
+            stop_network(started)  # this run's slirp4netns or pasta: a restart makes its own
             self._drop_cgroup()
             again = _should_restart(hc.get("restart") or "no", code, restarts, self.cdir)
             if not again:

@@ -286,7 +286,7 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
     os.close(result_w)
     started = Started(pid)
     try:
-        _handshake(psock, started, mapping)
+        _handshake(psock, started, mapping, spec.network)
     finally:
         psock.close()
     chunks: list[bytes] = []
@@ -310,6 +310,7 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
             chunks.append(chunk)
     finally:
         os.close(result_r)
+        stop_network(started)
     _, status = os.waitpid(pid, 0)
     code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
         status)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.requires_userns
@@ -130,6 +132,33 @@ def test_isolate_under_xdist(pytester: pytest.Pytester, run_inner, containers_le
     result = run_inner("-n", "2", "-q")
     result.assert_outcomes(passed=6)
     assert containers_left() == []
+
+
+def test_isolated_body_on_a_user_mode_network(pytester: pytest.Pytester, run_inner,
+                                              containers_left) -> None:
+    import shutil
+
+    if shutil.which("pasta") is None or not os.access("/dev/net/tun", os.W_OK):
+        pytest.skip("needs pasta (package passt) and a usable /dev/net/tun")
+    with open("/proc/net/route") as f:
+        if not any(line.split()[1] == "00000000" for line in f.readlines()[1:]):
+            pytest.skip("pasta copies the host's routed interface; this host has no default route")
+    pytester.makepyfile(test_x='''
+        import os, pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        @pytest.mark.container(isolate=True, network="pasta:--ns-ifname,tnet0")
+        def test_net(n):
+            assert sorted(os.listdir("/sys/class/net")) == ["lo", "tnet0"]
+    ''')
+    run_inner("-q").assert_outcomes(passed=3)
+    assert containers_left() == []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert b"tnet0" not in f.read(), "a pasta outlived its isolated test"
+        except OSError:
+            continue
 
 
 def test_hook_adjusts_isolated_spec(pytester: pytest.Pytester, run_inner) -> None:

@@ -194,3 +194,24 @@ def test_detached_pasta_ends_with_its_monitor(engine):
         time.sleep(0.05)
     assert _processes_with(ifname) == []
     lc.remove(engine, s.id, force=True)
+
+
+def test_each_restart_has_one_network_helper(engine):
+    _need("pasta")
+    from sandbox.lifecycle import HostOptions
+
+    ifname = "r" + uuid.uuid4().hex[:8]
+    s = lc.run_detached(engine, "busybox", ["sleep", "0.1"],
+                        RunOptions(network=f"pasta:--ns-ifname,{ifname}"),
+                        HostOptions(restart="always"))
+    engine.made.append(s.id)
+    deadline = time.monotonic() + 20
+    while lc.inspect(engine, s.id)["RestartCount"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lc.inspect(engine, s.id)["RestartCount"] >= 3
+    assert len(_processes_with(ifname)) <= 1  # the run's own, not one per restart
+    lc.remove(engine, s.id, force=True)
+    deadline = time.monotonic() + 10
+    while _processes_with(ifname) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(ifname) == []
