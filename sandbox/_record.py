@@ -76,7 +76,7 @@ def _make(cls: type) -> type:
             params.append(name)
             body.append(f" _s(self, {name!r}, {name})")
     src = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or " pass")
-    exec(src, env)  # noqa: S102 - generated from the class's own annotations, as dataclasses does
+    exec(_compiled(src), env)  # noqa: S102 - from the class's own annotations, as dataclasses does
     cls.__init__ = env["__init__"]  # type: ignore[misc]
     cls.__record_fields__ = tuple(names)  # type: ignore[attr-defined]
     cls.__record_compare__ = tuple(compared)  # type: ignore[attr-defined]
@@ -86,6 +86,44 @@ def _make(cls: type) -> type:
     cls.__hash__ = _hash  # type: ignore[assignment,method-assign]
     cls.__repr__ = _repr  # type: ignore[assignment,method-assign]
     return cls
+
+
+# The generated ``__init__`` sources, compiled once and kept beside the byte-code (as Python
+# keeps modules'): compiling a dozen of them was a millisecond of every ``sandbox run``.
+_CODE: dict[str, Any] | None = None
+_CODE_FILE = ""
+
+
+def _compiled(src: str) -> Any:
+    global _CODE, _CODE_FILE
+    import marshal
+    import os
+    import sys
+
+    if _CODE is None:
+        _CODE_FILE = os.path.join(os.path.dirname(__file__), "__pycache__",
+                                  f"_record_inits.{sys.implementation.cache_tag}.marshal")
+        try:
+            with open(_CODE_FILE, "rb") as f:
+                loaded = marshal.load(f)
+            _CODE = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError, EOFError, TypeError):
+            _CODE = {}
+    code = _CODE.get(src)
+    if code is None:
+        code = _CODE[src] = compile(src, "<record __init__>", "exec")
+        if not sys.flags.dont_write_bytecode:
+            tmp = f"{_CODE_FILE}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    marshal.dump(_CODE, f)
+                os.replace(tmp, _CODE_FILE)  # atomic: concurrent writers each leave a whole file
+            except OSError:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+    return code
 
 
 def _key(obj: object) -> tuple[Any, ...]:
