@@ -54,11 +54,20 @@ def _exec_request(engine: Engine, ref: str, argv: Sequence[str], **kw: Any) -> d
 def exec_run(engine: Engine, ref: str, argv: Sequence[str], *, env: Sequence[str] = (),
              workdir: str | None = None, user: str | None = None, input: bytes | None = None,  # noqa: A002
              timeout: float | None = None, tty: bool = False) -> ExecResult:
-    """Run ``argv`` in the running container; capture its output (a fresh helper process)."""
+    """Run ``argv`` in the running container; capture its output.
+
+    The helper that joins the container is a fork of this process when it is single-threaded
+    (``runtime.process.can_fork``: a pytest run gets each ``container.run`` 40 ms sooner),
+    else a fresh interpreter.
+    """
     import subprocess
+
+    from sandbox.runtime.process import can_fork
 
     req = _exec_request(engine, ref, argv, env=list(env), workdir=workdir, user=user,
                         interactive=input is not None, tty=tty, kill_on_term=True)
+    if can_fork():
+        return _forked_exec(req, input, timeout, argv[0])
     proc = subprocess.Popen([sys.executable, "-m", "sandbox._nsexec", json.dumps(req)],
                             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -76,18 +85,107 @@ def exec_run(engine: Engine, ref: str, argv: Sequence[str], *, env: Sequence[str
     return ExecResult(proc.returncode, out, err)
 
 
+def _forked_exec(req: dict[str, Any], data: bytes | None, timeout: float | None,
+                 name: str) -> ExecResult:
+    """``exec_run`` through a fork of this (single-threaded) process: the same helper code as
+    ``python -m sandbox._nsexec``, with pipes for its standard streams."""
+    import select
+    import time
+
+    from sandbox._nsexec import run_request
+
+    pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            for fd, (r, w) in enumerate(pipes):
+                os.dup2(r if fd == 0 else w, fd)
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+            # the caller's sys.stdout/stderr may be pytest's capture: the helper's own messages
+            # go to the pipes, as a fresh interpreter's would
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by _exit
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            code = run_request(req)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    if not data:
+        os.close(in_w)
+        in_w = -1
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    pending = memoryview(data or b"")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    open_fds = [out_r, err_r]
+    timed_out = False
+    try:
+        while open_fds:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                timed_out = True
+                break
+            writers = [in_w] if in_w >= 0 else []
+            readable, writable, _ = select.select(open_fds, writers, [], left)
+            if writable:
+                try:
+                    pending = pending[os.write(in_w, pending[:65536]):]
+                except BrokenPipeError:
+                    pending = pending[len(pending):]
+                if not pending:
+                    os.close(in_w)
+                    in_w = -1
+            for fd in readable:
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    chunks[fd].append(chunk)
+                else:
+                    open_fds.remove(fd)
+    finally:
+        for fd in (in_w, out_r, err_r):
+            if fd >= 0:
+                os.close(fd)
+    status = _stop_helper(pid) if timed_out else os.waitpid(pid, 0)[1]
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
+        status)
+    result = ExecResult(code, b"".join(chunks[out_r]), b"".join(chunks[err_r]))
+    if timed_out:
+        raise ExecTimeout(f"exec {name} timed out after {timeout}s", result)
+    return result
+
+
+def _stop_helper(pid: int) -> int:
+    """SIGTERM (the helper kills its command), then SIGKILL after 5 s, as for a spawned one;
+    returns its wait status."""
+    import time
+
+    os.kill(pid, _signal.SIGTERM)  # our unreaped child: the pid is still ours
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, _signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
 def exec_stream(engine: Engine, ref: str, argv: Sequence[str], *, env: Sequence[str] = (),
                 workdir: str | None = None, user: str | None = None, interactive: bool = False,
                 tty: bool = False, detach: bool = False) -> int:
     """The CLI's ``exec``: the command inherits our stdio; returns its exit status."""
     import subprocess
-    import threading
+
+    from sandbox.runtime.process import can_fork
 
     req = _exec_request(engine, ref, argv, env=list(env), workdir=workdir, user=user,
                         interactive=interactive, tty=tty, detach=detach, tty_proxy=tty)
-    from sandbox import _monitor
-
-    if not _monitor.ALLOW_FORK or threading.active_count() > 1:
+    if not can_fork():
         return subprocess.run([sys.executable, "-m", "sandbox._nsexec", json.dumps(req)],
                               check=False).returncode
     from sandbox._nsexec import run_request

@@ -28,7 +28,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 from typing import Any, NoReturn
 
@@ -39,9 +38,9 @@ __all__ = ["launch", "monitor_main", "attach_socket_path"]
 
 logger = logging.getLogger(__name__)
 
-# Only the CLI (single-threaded, about to exit) may fork itself into a monitor; library callers
-# (the pytest plugin) get a fresh interpreter (DESIGN decision 1, STYLE 3).
-ALLOW_FORK = False
+# A single-threaded caller (the CLI, a pytest run without threads) forks itself into the
+# monitor; a caller with threads, as the kernel counts them, starts a fresh interpreter
+# (DESIGN decision 1, STYLE 3: ``runtime.process.can_fork``).
 
 
 def attach_socket_path(cdir: str) -> str:
@@ -53,8 +52,9 @@ def attach_socket_path(cdir: str) -> str:
 def launch(root: str, cid: str, map_mode: str) -> dict[str, Any]:
     """Start the monitor of container ``cid``; returns its report once the command runs."""
     r, w = os.pipe()
-    if ALLOW_FORK and threading.active_count() == 1 and \
-            os.environ.get("SANDBOX_SPAWN_HELPER") != "1":
+    from sandbox.runtime.process import can_fork
+
+    if can_fork():
         pid = os.fork()
         if pid == 0:
             try:

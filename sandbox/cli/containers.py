@@ -617,9 +617,6 @@ _COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(command: str, argv: list[str]) -> int:
-    from sandbox import _monitor
-
-    _monitor.ALLOW_FORK = True  # the CLI is single-threaded and exits after the command
     if command in ("diff", "cp", "commit", "export"):
         from sandbox.cli import files
 

@@ -225,12 +225,6 @@ def host_options_from_args(args: Namespace) -> Any:
         nano_cpus=nano, pids_limit=pids, log_opts=log_opts)
 
 
-def _allow_monitor_fork() -> None:
-    from sandbox import _monitor
-
-    _monitor.ALLOW_FORK = True  # the CLI is single-threaded and exits after the command
-
-
 def main(command: str, argv: list[str]) -> int:
     args = parse(_parser(command), argv)
     from sandbox import lifecycle
@@ -255,8 +249,6 @@ def main(command: str, argv: list[str]) -> int:
         return 0
     monitored = not args.detach and (bool(host.ports) or host.publish_all or
                                      host.restart != "no")
-    if monitored or args.detach:
-        _allow_monitor_fork()
     if monitored and opts.remove:
         from sandbox._record import replace as record_replace
 

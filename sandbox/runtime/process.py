@@ -45,13 +45,25 @@ class Started:
 
 
 def has_threads() -> bool:
-    """Whether this process may have more than one thread (no threading import, no threads)."""
-    threading = sys.modules.get("threading")
-    return threading is not None and threading.active_count() > 1
+    """Whether this process has more than one thread, as the kernel counts them: the C threads
+    of extension modules too, which ``threading`` does not see."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[17]) > 1  # num_threads
+    except (OSError, ValueError, IndexError):
+        threading = sys.modules.get("threading")
+        return threading is not None and threading.active_count() > 1
+
+
+def can_fork() -> bool:
+    """Whether a helper (a container's first process, a monitor, an exec helper) may be a fork
+    of this process rather than a fresh interpreter: only a single-threaded process forks
+    safely, and ``SANDBOX_SPAWN_HELPER=1`` asks for fresh interpreters always."""
+    return os.environ.get("SANDBOX_SPAWN_HELPER") != "1" and not has_threads()
 
 
 def _must_spawn() -> bool:
-    return has_threads() or os.environ.get("SANDBOX_SPAWN_HELPER") == "1"
+    return not can_fork()
 
 
 def _error_from(payload: bytes) -> errors.SandboxError:
