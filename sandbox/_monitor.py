@@ -358,6 +358,7 @@ class Monitor:
 
         self.sel.register(pidfd, selectors.EVENT_READ, exited)
         deadline = None
+        orphaned = False
         while True:
             if code:
                 if self.open_streams <= 0:
@@ -365,8 +366,18 @@ class Monitor:
                 deadline = deadline or time.monotonic() + 2.0
                 if time.monotonic() > deadline:
                     break
-            for key, mask in self.sel.select(0.5 if not code else 0.05):
+            events = self.sel.select(0.5 if not code else 0.05)
+            for key, mask in events:
                 key.data(mask)
+            if not events and not code and not orphaned and not os.path.isdir(self.cdir):
+                # the container's directory went (its store deleted under it, as pytest's
+                # basetemp rotation does): nothing can reach this container any more, so it
+                # must not run on forever
+                orphaned = True
+                try:
+                    os.kill(started.pid, signal.SIGKILL)  # C: PID 1 and all with it
+                except ProcessLookupError:
+                    pass
         self._close_streams()
         return code[0]
 

@@ -425,3 +425,23 @@ def test_pause_uses_the_cgroup_freezer_where_the_container_has_one(engine, tmp_p
     lc.unpause(engine, s.id)
     assert (cg / "cgroup.freeze").read_text() == "0"
     assert lc.state(engine, s.id).status == "running"
+
+
+def test_a_container_whose_directory_went_is_taken_down(engine, tmp_path: Path):
+    """A store deleted under a running container (pytest's basetemp rotation does it) must not
+    leave the container and its monitor running forever."""
+    s = run_d(engine, ["sleep", "60"])
+    cdir = engine.store.container_dir(s.id)
+    st = cs.read_state(cdir)
+    away = cdir + ".away"
+    os.rename(cdir, away)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                cs.alive(st["init_pid"], st["init_start"])
+                or cs.alive(st["monitor_pid"], st["monitor_start"])):
+            time.sleep(0.05)
+        assert not cs.alive(st["init_pid"], st["init_start"])
+        assert not cs.alive(st["monitor_pid"], st["monitor_start"])
+    finally:
+        os.rename(away, cdir)
