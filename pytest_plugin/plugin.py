@@ -25,7 +25,6 @@ from pytest_plugin.fixtures import (  # noqa: F401 - fixtures are found by name 
 from pytest_plugin.marker import (
     KEEP_CHOICES,
     MARKER_DOC,
-    NETWORK_CHOICES,
     ContainerRequest,
     MarkerError,
     images_of,
@@ -60,15 +59,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="storage driver for image containers (ini: sandbox_storage_driver; "
                          "default: probed)")
     group.addoption("--sandbox-network", dest="sandbox_network", default=None,
-                    choices=NETWORK_CHOICES,
-                    help="network mode of test containers: none (loopback only, default) or "
-                         "host (ini: sandbox_network)")
+                    help="network mode of test containers: none (loopback only, default), "
+                         "host, slirp4netns[:OPTIONS] or pasta[:OPTIONS] (ini: sandbox_network)")
     parser.addini("sandbox_image", "default image of the container marker and fixture",
                   default="")
     parser.addini("sandbox_root", "the sandbox store directory", default="")
     parser.addini("sandbox_keep", "keep test containers: none, failed or all", default="")
     parser.addini("sandbox_storage_driver", "overlay, fuse or copy", default="")
-    parser.addini("sandbox_network", "none or host", default="")
+    parser.addini("sandbox_network", "none, host, slirp4netns or pasta (with options)",
+                  default="")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -119,6 +119,17 @@ def test_bad_ini_value_says_where(pytester: pytest.Pytester, inner) -> None:
                                  "none, failed, all*"])
 
 
+def test_bad_network_option_says_where(pytester: pytest.Pytester, inner) -> None:
+    result = inner("--sandbox-network=bridge")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sandbox-network: network mode 'bridge' is not supported; "
+                                 "use 'none' or 'host' or 'slirp4netns' or 'pasta'*"])
+    pytester.makeini("[pytest]\nsandbox_network = slirp4netns:mtu=1\n")
+    result = inner()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sandbox_network (ini): invalid slirp4netns option 'mtu=1'*"])
+
+
 def test_default_image_hook(pytester: pytest.Pytester, inner) -> None:
     pytester.makeconftest('''
         def pytest_sandbox_default_image(config):
