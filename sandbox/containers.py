@@ -139,7 +139,66 @@ class Engine:
         return self._mapping
 
     # -- container records --------------------------------------------------------------------
+    # -- names: ``container-names/NAME`` → container id, symlinks --------------------------------
+    # One readlink resolves a name, and the symlink is created atomically under the names lock:
+    # two ``run --name x`` at once cannot both get x, and nothing reads every container's
+    # config to find one.
+    def _names_dir(self) -> str:
+        return self.store.path("container-names")
+
+    def _ensure_name_index(self) -> str:
+        """The index, built from the containers' configs the first time (the caller holds
+        the names lock)."""
+        index = self._names_dir()
+        if not os.path.isdir(index):
+            tmp = f"{index}.{os.getpid()}.tmp"
+            os.makedirs(tmp, 0o700, exist_ok=True)
+            for name, cid in self.container_names().items():
+                if name and not os.path.lexists(os.path.join(tmp, name)):
+                    os.symlink(cid, os.path.join(tmp, name))
+            os.rename(tmp, index)
+        return index
+
+    def name_owner(self, name: str) -> str | None:
+        """The id of the container called ``name``, if one exists."""
+        if not name or "/" in name or name.startswith("."):
+            return None
+        if not os.path.isdir(self._names_dir()):
+            with self.store.lock("names"):
+                self._ensure_name_index()
+        try:
+            cid = os.readlink(os.path.join(self._names_dir(), name))
+        except OSError:
+            return None
+        return cid if len(cid) == 64 and os.path.isdir(self.store.container_dir(cid)) else None
+
+    def _claim_name(self, name: str, cid: str) -> None:
+        """Point ``name`` at ``cid`` (the caller holds the names lock and checked it is free;
+        a link to a container that is gone is replaced)."""
+        link = os.path.join(self._ensure_name_index(), name)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(cid, link)
+
+    def release_name(self, cid: str, name: str | None = None) -> None:
+        """Drop the name of container ``cid`` (when it is removed)."""
+        index = self._names_dir()
+        if name is None:
+            try:
+                name = str(self.load_config(cid).get("name") or "")
+            except (OSError, ValueError):
+                name = ""
+        candidates = [name] if name else (os.listdir(index) if os.path.isdir(index) else [])
+        for n in candidates:
+            link = os.path.join(index, n)
+            try:
+                if os.readlink(link) == cid:
+                    os.unlink(link)
+            except OSError:
+                continue
+
     def container_names(self) -> dict[str, str]:
+        """Every container's name, read from the configs (what the index is built from)."""
         names: dict[str, str] = {}
         for cid in self.store.iter_containers():
             try:
@@ -152,10 +211,11 @@ class Engine:
 
     def resolve_container(self, ref: str) -> str:
         """A container id by full id, name, or unique id prefix."""
-        names = self.container_names()
-        if ref in names:
-            return names[ref]
-        matches = [cid for cid in names.values() if cid.startswith(ref)] if ref else []
+        owner = self.name_owner(ref)
+        if owner is not None:
+            return owner
+        matches = [cid for cid in self.store.iter_containers() if cid.startswith(ref)] \
+            if ref else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -231,22 +291,27 @@ class Engine:
 
         self.store.ensure()
         image = self.images.get(image_ref)
-        names = self.container_names()
-        name = opts.name or generate_name(set(names))
         if opts.name:
             _check_name(opts.name)
-            if opts.name in names:
-                raise SandboxError(f'the container name "/{opts.name}" is already in use by '
-                                   f'container "{names[opts.name]}"',
-                                   hint="remove or rename that container")
         cid = os.urandom(32).hex()
         cdir = self.store.container_dir(cid)
+        with self.store.lock("names"):  # the name and the directory, claimed together
+            index = self._ensure_name_index()
+            if opts.name:
+                owner = self.name_owner(opts.name)
+                if owner is not None:
+                    raise SandboxError(f'the container name "/{opts.name}" is already in use '
+                                       f'by container "{owner}"',
+                                       hint="remove or rename that container")
+            name = opts.name or generate_name({n for n in os.listdir(index)
+                                               if self.name_owner(n) is not None})
+            os.mkdir(cdir, 0o700)
+            self._claim_name(name, cid)
         cfg = image.run_config
         user = opts.user if opts.user is not None else str(cfg.get("User") or "")
         driver = select_driver(self.store, opts.storage_driver or self.storage_driver).name
         if image.builtin and driver != "overlay":
             driver = "overlay"  # the host image stacks the host's own dirs: kernel overlay only
-        os.mkdir(cdir, 0o700)
         try:
             rootfs = self._rootfs(image, cdir, driver)
             mapping = self.mapping
@@ -266,7 +331,7 @@ class Engine:
             validate_spec(spec)
             write_container_files(spec)
         except BaseException:
-            self.remove_dir(cid)
+            self.remove_dir(cid, name=name)
             raise
         return spec
 
@@ -291,14 +356,14 @@ class Engine:
             code = run(spec, self.mapping)
         except BaseException:
             if spec.remove:
-                self.remove_dir(spec.id)
+                self.remove_dir(spec.id, name=spec.name)
             else:
                 self._write_state(spec, "exited", exit_code=125)
             raise
         if not spec.remove:
             self._write_state(spec, "exited", exit_code=code)
-        elif os.path.exists(spec.container_dir):
-            self.remove_dir(spec.id)
+        else:
+            self.remove_dir(spec.id, name=spec.name)  # its name even when C removed the dir
         return code
 
     def _write_state(self, spec: ContainerSpec, status: str, *, exit_code: int = 0) -> None:
@@ -310,10 +375,11 @@ class Engine:
         state = {"status": status, "exit_code": exit_code, "time": time.time()}
         self.store.write_json(path, state)
 
-    def remove_dir(self, cid: str) -> None:
+    def remove_dir(self, cid: str, name: str | None = None) -> None:
         """Delete a container's directory (inside the user namespace: its files may belong to
-        the subordinate range)."""
+        the subordinate range), and its name."""
         cdir = self.store.container_dir(cid)
+        self.release_name(cid, name)
         if not os.path.exists(cdir):
             return
         try:

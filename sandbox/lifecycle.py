@@ -361,6 +361,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     if spec.remove:
         if os.path.exists(cdir):
             _ctl.remove_container_dir(engine, spec.id)
+        engine.release_name(spec.id, spec.name)  # C removed the directory itself
         _ctl.drop_volumes(engine, hc, anonymous_only=True)
     else:
         try:
@@ -562,13 +563,17 @@ def rename(engine: Engine, ref: str, new_name: str) -> None:
     cid, cdir, cfg = _resolve(engine, ref)
     _check_name(new_name)
     with engine.store.lock("names"):
-        names = engine.container_names()
-        if new_name in names and names[new_name] != cid:
+        owner = engine.name_owner(new_name)
+        if owner is not None and owner != cid:
             raise SandboxError(f'the container name "/{new_name}" is already in use by '
-                               f'container "{names[new_name]}"')
+                               f'container "{owner}"')
+        old = str(cfg.get("name") or "")
+        engine._claim_name(new_name, cid)
         cfg["name"] = new_name
         cfg["spec"]["name"] = new_name
         engine.store.write_json(os.path.join(cdir, "config.json"), cfg)
+        if old and old != new_name:
+            engine.release_name(cid, old)
 
 
 # -- logs, ports --------------------------------------------------------------------------------

@@ -445,3 +445,41 @@ def test_a_container_whose_directory_went_is_taken_down(engine, tmp_path: Path):
         assert not cs.alive(st["monitor_pid"], st["monitor_start"])
     finally:
         os.rename(away, cdir)
+
+
+def test_container_names_index(engine, session_store: Path):
+    """Names resolve through container-names/NAME links: claimed atomically, moved by rename,
+    released by rm, a link to a vanished container is free, and a store without the index
+    (made by an older engine) gets it rebuilt from the configs."""
+    import shutil
+
+    base = f"idx{os.getpid()}"
+    s = run_d(engine, ["sleep", "30"], name=f"{base}-a")
+    assert engine.resolve_container(f"{base}-a") == s.id
+    assert os.readlink(session_store / "container-names" / f"{base}-a") == s.id
+    lc.rename(engine, s.id, f"{base}-b")
+    assert engine.resolve_container(f"{base}-b") == s.id
+    assert engine.name_owner(f"{base}-a") is None
+    with pytest.raises(SandboxError, match="already in use"):
+        lc.create(engine, "busybox", ["true"], RunOptions(name=f"{base}-b"))
+    shutil.rmtree(session_store / "container-names")  # an index-less store
+    assert engine.resolve_container(f"{base}-b") == s.id
+    lc.remove(engine, s.id, force=True)
+    assert not os.path.lexists(session_store / "container-names" / f"{base}-b")
+    os.symlink("f" * 64, session_store / "container-names" / f"{base}-c")  # its container gone
+    spec = lc.create(engine, "busybox", ["true"], RunOptions(name=f"{base}-c"))
+    engine.made.append(spec.id)
+    assert engine.resolve_container(f"{base}-c") == spec.id
+
+
+def test_one_name_one_container_under_concurrent_creates(cli, busybox_image):
+    import subprocess
+
+    name = f"racer{os.getpid()}"
+    procs = [cli.popen("create", "--name", name, "busybox", "true", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE) for _ in range(6)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+    assert sorted(code for code, _, _ in results) == [0, 125, 125, 125, 125, 125], results
+    assert all("already in use" in err for code, _, err in results if code)
+    assert cli("rm", name).returncode == 0
