@@ -21,6 +21,7 @@ from sandbox.store import Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Container
     from typing import Any
 
 
@@ -40,16 +41,17 @@ _PSEUDO_FS = ("proc", "sys", "dev")
 _HOST_TMPFS = ("tmp",)
 
 
-def generate_name(taken: set[str]) -> str:
-    """Docker-style ``adjective_scientist``, unique among ``taken``."""
+def generate_name(taken: Container[str] | Callable[[str], bool]) -> str:
+    """Docker-style ``adjective_scientist``, unique among ``taken`` (a set, or a test)."""
     def pick(words: tuple[str, ...]) -> str:  # os.urandom: no need to import random
         return words[int.from_bytes(os.urandom(4), "little") % len(words)]
 
+    is_taken = taken if callable(taken) else taken.__contains__
     for attempt in range(100):
         name = f"{pick(_ADJECTIVES)}_{pick(_NAMES)}"
         if attempt > 10:
             name += str(int.from_bytes(os.urandom(1), "little") % 100)
-        if name not in taken:
+        if not is_taken(name):
             return name
     return f"sandbox_{os.urandom(4).hex()}"
 
@@ -296,15 +298,14 @@ class Engine:
         cid = os.urandom(32).hex()
         cdir = self.store.container_dir(cid)
         with self.store.lock("names"):  # the name and the directory, claimed together
-            index = self._ensure_name_index()
+            self._ensure_name_index()
             if opts.name:
                 owner = self.name_owner(opts.name)
                 if owner is not None:
                     raise SandboxError(f'the container name "/{opts.name}" is already in use '
                                        f'by container "{owner}"',
                                        hint="remove or rename that container")
-            name = opts.name or generate_name({n for n in os.listdir(index)
-                                               if self.name_owner(n) is not None})
+            name = opts.name or generate_name(lambda n: self.name_owner(n) is not None)
             os.mkdir(cdir, 0o700)
             self._claim_name(name, cid)
         cfg = image.run_config
