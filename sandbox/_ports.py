@@ -135,15 +135,10 @@ class SocketFactory:
         return socket.socket(fileno=fds[0])
 
     def close(self) -> None:
+        from sandbox._sig import kill_and_reap
+
         self.sock.close()
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        kill_and_reap(self.pid, signal.SIGKILL)
 
 
 def _serve(sock: socket.socket) -> None:  # pragma: no cover - runs in the factory child

@@ -9,3 +9,18 @@ if TYPE_CHECKING:
     from signal import *  # noqa: F403 - the same names, typed
 else:
     from _signal import *  # noqa: F403
+
+
+def kill_and_reap(pid: int, sig: int) -> None:
+    """Send ``sig`` to our child ``pid`` and wait for it, whichever of the two already
+    happened."""
+    import os
+
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass

@@ -77,15 +77,14 @@ class NetHelper:
         if self.exit_fd >= 0:
             os.close(self.exit_fd)  # slirp4netns ends when its exit pipe closes
             self.exit_fd = -1
-        else:
             try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
                 pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        else:
+            from sandbox._sig import kill_and_reap
+
+            kill_and_reap(self.pid, signal.SIGTERM)
 
 
 def start_network(network: str, init_pid: int) -> NetHelper | None:
