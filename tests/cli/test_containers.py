@@ -135,7 +135,9 @@ def test_create_start_attach_and_rm(cli, busybox_image):
     assert cli("ps", "-a", "--filter", f"id={cid}", "--format", "{{.Status}}").stdout == \
         "Created\n"
     r = cli("start", "-a", cid)
-    assert r.returncode == 3 and "attached" in r.stdout + r.stderr
+    # on failure, say what the engine recorded (a 137 once in CI: killed, or its monitor died?)
+    state = cli("inspect", "--format", "{{json .State}}", cid).stdout
+    assert r.returncode == 3 and "attached" in r.stdout + r.stderr, (r, state)
     assert cli("rm", cid).returncode == 0
     assert cli("ps", "-a", "-q", "--filter", f"id={cid}").stdout == ""
 
