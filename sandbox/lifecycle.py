@@ -174,6 +174,13 @@ def _spec(cfg: dict[str, Any]) -> ContainerSpec:
 def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
                 st: dict[str, Any]) -> dict[str, Any]:
     """The owner of a live container died: kill what is left, record the truth."""
+    fresh = cs.read_state(cdir)
+    if not _owner_died(fresh):
+        # ``st`` was read while the owner lived; it recorded the end and exited before we
+        # looked at it. Its last word (written before it died, so in the file now) stands:
+        # without this re-read a container's exit status became 137 now and then.
+        return fresh
+    st = fresh
     _ctl.kill_leftovers(st)
     _ctl.unmount_rootfs(cfg)
     _drop_cgroup(str(st.get("cgroup") or ""))

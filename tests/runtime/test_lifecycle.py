@@ -483,3 +483,23 @@ def test_one_name_one_container_under_concurrent_creates(cli, busybox_image):
     assert sorted(code for code, _, _ in results) == [0, 125, 125, 125, 125, 125], results
     assert all("already in use" in err for code, _, err in results if code)
     assert cli("rm", name).returncode == 0
+
+
+def test_an_exit_recorded_just_before_the_owner_went_is_not_overwritten(engine):
+    """The race behind a 137 seen once in CI: a reader took the state while the monitor lived
+    ("running"), the monitor recorded the exit and exited, the reader then found the owner
+    gone. Reaping must go by the file as it is now, not by what was read before."""
+    spec = lc.create(engine, "busybox", ["true"], RunOptions())
+    engine.made.append(spec.id)
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # an owner that existed and is gone
+    gone, start = proc.pid, 1
+    stale = {"status": "running", "monitor_pid": gone, "monitor_start": start, "init_pid": 0}
+    cs.write_state(spec.container_dir, {"status": "exited", "exit_code": 3,
+                                        "monitor_pid": gone, "monitor_start": start})
+    st = lc._reap_stale(engine, spec.id, spec.container_dir, engine.load_config(spec.id), stale)
+    assert (st["status"], st["exit_code"]) == ("exited", 3)
+    assert cs.read_state(spec.container_dir)["exit_code"] == 3
+    assert lc.wait(engine, spec.id, timeout=5) == 3
