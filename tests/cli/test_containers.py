@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import pids_whose_cmdline
 
 from sandbox import _cgroups
 
@@ -304,16 +305,7 @@ def test_container_prune_and_top_stats(cli, ctr, busybox_image):
 
 
 def _processes_with(argv_prefix: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().startswith(argv_prefix.encode()):
-                        out.append(int(pid))
-            except OSError:
-                pass
-    return out
+    return pids_whose_cmdline(lambda cmd: cmd.startswith(argv_prefix.encode()))
 
 
 @pytest.mark.slow

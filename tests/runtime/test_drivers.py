@@ -9,24 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import processes_with
 
 pytestmark = pytest.mark.requires_userns
 
 DRIVERS = ["overlay", pytest.param("fuse", marks=pytest.mark.requires_fuse), "copy"]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -74,16 +61,16 @@ def test_fuse_driver_leaves_nothing_after_sigkill_of_the_engine(cli, busybox_ima
     containers = session_store / "containers"
     running = [c for c in os.listdir(containers)]
     assert running
-    assert _processes_mentioning("fuse_overlay")
+    assert processes_with("fuse_overlay")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stdout.close()
     proc.stderr.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        leftovers = [p for p in _processes_mentioning("fuse_overlay")
+        leftovers = [p for p in processes_with("fuse_overlay")
                      if any(c in _cmdline(p) for c in running)]
-        if not leftovers and not _processes_mentioning(f"sleep\x00{naptime}"):
+        if not leftovers and not processes_with(f"sleep\x00{naptime}"):
             break
         time.sleep(0.1)
     else:

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+from procs import processes_with
 
 from sandbox import _cstate as cs
 from sandbox import lifecycle as lc
@@ -46,18 +47,6 @@ def _need(tool: str) -> None:
     problem = _problem(tool)
     if problem:
         pytest.skip(problem)
-
-
-def _processes_with(word: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if word.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return [p for p in found if p != os.getpid()]
 
 
 class LoopbackServer:
@@ -122,7 +111,7 @@ def test_pasta_gives_the_hosts_address_and_routes_and_leaves_nothing(cli, busybo
     for line in r.stdout.splitlines():
         if line.startswith("nameserver"):
             assert not line.split()[1].startswith("127."), line  # mapped, not our own lo
-    assert _processes_with(ifname) == []
+    assert processes_with(ifname) == []
 
 
 def _host_ipv4_addrs(dev: str | None) -> list[str]:
@@ -168,7 +157,7 @@ def test_bad_pasta_option_is_one_line_and_leaves_nothing(cli, busybox_image):
                         "/usr/bin/pasta: unrecognized option '--no-such-option'\n")
     assert "Traceback" not in r.stderr
     assert cli("ps", "-a", "-q", "--filter", f"name={name}").stdout == ""
-    assert _processes_with(name) == []
+    assert processes_with(name) == []
 
 
 def test_unknown_network_mode_is_refused_before_anything_starts(cli, busybox_image):
@@ -185,14 +174,14 @@ def test_detached_pasta_ends_with_its_monitor(engine):
     engine.made.append(s.id)
     r = lc.exec_run(engine, s.id, ["ip", "-o", "link", "show", ifname])
     assert r.returncode == 0, r.stderr
-    helpers = _processes_with(ifname)
+    helpers = processes_with(ifname)
     assert len(helpers) == 1
     monitor = int(cs.read_state(engine.store.container_dir(s.id))["monitor_pid"])
     os.kill(monitor, signal.SIGKILL)  # pasta has a parent-death signal: it goes too
     deadline = time.monotonic() + 10
-    while _processes_with(ifname) and time.monotonic() < deadline:
+    while processes_with(ifname) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with(ifname) == []
+    assert processes_with(ifname) == []
     lc.remove(engine, s.id, force=True)
 
 
@@ -209,9 +198,9 @@ def test_each_restart_has_one_network_helper(engine):
     while lc.inspect(engine, s.id)["RestartCount"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lc.inspect(engine, s.id)["RestartCount"] >= 3
-    assert len(_processes_with(ifname)) <= 1  # the run's own, not one per restart
+    assert len(processes_with(ifname)) <= 1  # the run's own, not one per restart
     lc.remove(engine, s.id, force=True)
     deadline = time.monotonic() + 10
-    while _processes_with(ifname) and time.monotonic() < deadline:
+    while processes_with(ifname) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with(ifname) == []
+    assert processes_with(ifname) == []
