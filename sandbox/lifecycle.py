@@ -118,7 +118,7 @@ def _resolve(engine: Engine, ref: str) -> tuple[str, str, dict[str, Any]]:
 def _checked_state(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     st = cs.read_state(cdir)
     if _owner_died(st):
-        st = _reap_stale(engine, cid, cdir, cfg, st)
+        st = _reap_stale(engine, cid, cdir, cfg)
     return st
 
 
@@ -171,16 +171,16 @@ def _spec(cfg: dict[str, Any]) -> ContainerSpec:
 
 # -- stale owners -------------------------------------------------------------------------------
 
-def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
-                st: dict[str, Any]) -> dict[str, Any]:
-    """The owner of a live container died: kill what is left, record the truth."""
-    fresh = cs.read_state(cdir)
-    if not _owner_died(fresh):
-        # ``st`` was read while the owner lived; it recorded the end and exited before we
-        # looked at it. Its last word (written before it died, so in the file now) stands:
-        # without this re-read a container's exit status became 137 now and then.
-        return fresh
-    st = fresh
+def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The owner of a live container was seen dead: kill what is left, record the truth.
+
+    The state is read again here, not taken from the caller: what the caller read while the
+    owner lived may predate the exit the owner recorded just before it went (written before
+    it died, so in the file now). Going by the older read turned exit statuses into 137.
+    """
+    st = cs.read_state(cdir)
+    if not _owner_died(st):
+        return st
     _ctl.kill_leftovers(st)
     _ctl.unmount_rootfs(cfg)
     _drop_cgroup(str(st.get("cgroup") or ""))
@@ -206,7 +206,7 @@ def cleanup_stale(engine: Engine) -> int:
         if not _owner_died(st):
             continue
         try:
-            _reap_stale(engine, cid, cdir, engine.load_config(cid), st)
+            _reap_stale(engine, cid, cdir, engine.load_config(cid))
             fixed += 1
         except (OSError, ValueError, SandboxError):
             continue

@@ -496,10 +496,9 @@ def test_an_exit_recorded_just_before_the_owner_went_is_not_overwritten(engine):
     proc = subprocess.Popen(["true"])
     proc.wait()  # an owner that existed and is gone
     gone, start = proc.pid, 1
-    stale = {"status": "running", "monitor_pid": gone, "monitor_start": start, "init_pid": 0}
     cs.write_state(spec.container_dir, {"status": "exited", "exit_code": 3,
                                         "monitor_pid": gone, "monitor_start": start})
-    st = lc._reap_stale(engine, spec.id, spec.container_dir, engine.load_config(spec.id), stale)
+    st = lc._reap_stale(engine, spec.id, spec.container_dir, engine.load_config(spec.id))
     assert (st["status"], st["exit_code"]) == ("exited", 3)
     assert cs.read_state(spec.container_dir)["exit_code"] == 3
     assert lc.wait(engine, spec.id, timeout=5) == 3
