@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sandbox"))
 
-from imagetest_helpers import blob_gets, serve_image, store_state  # noqa: E402
+from imagetest_helpers import Sandbox, blob_gets, serve_image, store_state  # noqa: E402
 from registry_fixtures import (  # noqa: E402
     USERS,
     FakeRegistry,
@@ -46,43 +46,6 @@ def fake() -> Iterator[FakeRegistry]:
         yield f
     finally:
         f.stop()
-
-
-class Sandbox:
-    """``python -m sandbox`` with its own store, HOME and credentials."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.root = tmp / "root"
-        home = tmp / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "SANDBOX_ROOT": str(self.root), "HOME": str(home),
-                    "XDG_CONFIG_HOME": str(home / ".config"),
-                    "XDG_RUNTIME_DIR": str(tmp / "run"), "DOCKER_CONFIG": str(home / ".docker")}
-        for var in ("REGISTRY_AUTH_FILE", "SANDBOX_INSECURE_REGISTRIES"):
-            self.env.pop(var, None)
-
-    def __call__(self, *args: str, input: str | None = None, ok: bool = True,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "sandbox", *args], input=input,
-                              capture_output=True, text=True, env=self.env, timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              check=False)
-        if ok:
-            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-        return proc
-
-    def fails(self, *args: str, input: str | None = None, code: int = 125) -> str:
-        proc = self(*args, input=input, ok=False)
-        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("sandbox: "), proc.stderr
-        assert "Traceback" not in proc.stderr
-        return lines[0]
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "sandbox", *args], env=self.env,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture

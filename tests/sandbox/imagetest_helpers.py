@@ -7,6 +7,8 @@ import http.server
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -17,7 +19,7 @@ from registry_fixtures import FakeRegistry, Image, send, serve_bytes
 
 from sandbox.oci import digest_of
 
-__all__ = ["serve_image", "store_state", "tar_with", "blob_gets"]
+__all__ = ["serve_image", "store_state", "tar_with", "blob_gets", "Sandbox"]
 
 
 def serve_image(fake: FakeRegistry, repo: str, image: Image, tag: str = "latest", *,
@@ -97,3 +99,42 @@ def send_headers_only(req: http.server.BaseHTTPRequestHandler, length: int) -> N
 
 
 __all__ += ["broken_route", "send"]
+
+
+class Sandbox:
+    """``python -m sandbox`` with its own store, HOME and credentials."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        home = tmp / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "SANDBOX_ROOT": str(self.root), "HOME": str(home),
+                    "XDG_CONFIG_HOME": str(home / ".config"),
+                    "XDG_RUNTIME_DIR": str(tmp / "run"), "DOCKER_CONFIG": str(home / ".docker")}
+        for var in ("REGISTRY_AUTH_FILE", "SANDBOX_INSECURE_REGISTRIES"):
+            self.env.pop(var, None)
+
+    def __call__(self, *args: str, input: str | None = None, ok: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "sandbox", *args], input=input,
+                              capture_output=True, text=True, env=self.env, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              check=False)
+        if ok:
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc
+
+    def fails(self, *args: str, input: str | None = None, code: int = 125) -> str:
+        proc = self(*args, input=input, ok=False)
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sandbox: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+        return lines[0]
+
+    def popen(self, *args: str, new_session: bool = False) -> subprocess.Popen[str]:
+        """``new_session``: its own process group, so a test can signal the whole group as a
+        terminal's Ctrl-C does."""
+        return subprocess.Popen([sys.executable, "-m", "sandbox", *args], env=self.env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=new_session)
