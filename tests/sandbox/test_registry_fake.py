@@ -235,3 +235,32 @@ def test_progress_renderers() -> None:
     assert "\x1b[2A" in text and text.endswith("cccccccccccc: Downloading\n")
     assert isinstance(make_progress(io.StringIO()), LineProgress)
     assert isinstance(make_progress(io.StringIO(), quiet=True), NullProgress)
+
+
+def test_layers_download_in_parallel(fake: FakeRegistry, client: RegistryClient,
+                                     store: DirStore) -> None:
+    """Each layer's GET waits until every other layer's GET has arrived: only a client that
+    downloads them at the same time gets past it (sequential ones fail after the timeout)."""
+    import threading
+
+    img = make_image([{"a": b"1" * 4000}, {"b": b"2" * 4000}, {"c": b"3" * 4000}])
+    serve_image(fake, "r/par", img.manifest, img.media_type, img.blobs)
+    layers = [digest_of(blob) for blob in img.layers]
+    barrier = threading.Barrier(len(layers), timeout=10)
+    met: list[str] = []
+    for digest in layers:
+        inner = fake.routes[("GET", f"/v2/r/par/blobs/{digest}")]
+
+        def gate(req: BaseHTTPRequestHandler, inner: object = inner, digest: str = digest) -> None:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                send(req, 500, b'{"errors":[{"code":"UNKNOWN","message":"not parallel"}]}')
+                return
+            met.append(digest)
+            inner(req)  # type: ignore[operator]
+        fake.routes[("GET", f"/v2/r/par/blobs/{digest}")] = gate
+    with RegistryClient(retries=0, backoff=0.01, timeout=20) as c:
+        res = c.pull(f"{fake.host}/r/par", store, max_parallel=3)
+    assert sorted(met) == sorted(layers)
+    assert [store.read(d.digest) for d in res.layers] == img.layers
