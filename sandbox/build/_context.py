@@ -47,6 +47,8 @@ class Source:
     mode: int | None = None
     """Forced mode (ADD of a URL: 0600)."""
     mtime: float | None = None
+    remote: bool = False
+    """Downloaded by ADD from a URL: not extracted unless ``ADD --unpack=true``."""
 
 
 class BuildContext:
@@ -145,7 +147,8 @@ def exclude(sources: list[Source], patterns: tuple[str, ...] | list[str]) -> lis
 
 def hash_source(h: hashlib._Hash, source: Source) -> None:
     """Feed what a COPY of ``source`` depends on into ``h``."""
-    h.update(f"\0source {source.name} {source.is_dir} {source.mode}\0".encode())
+    h.update(f"\0source {source.name} {source.is_dir} {source.mode}"
+             f"{' remote' if source.remote else ''}\0".encode())
     if not source.is_dir:
         _hash_file(h, source.path)
         return

@@ -45,6 +45,9 @@ class CopyJob:
     chown: str | None = None
     chmod: int | None = None
     extract: bool = False
+    """ADD: extract archives (local ones; remote ones too with ``--unpack=true``)."""
+    unpack: bool | None = None
+    """ADD ``--unpack``: None as Docker (local archives only), else for every source."""
     keyword: str = "COPY"
     source_date_epoch: int | None = None
     mkdir_only: bool = False
@@ -259,6 +262,14 @@ def _is_archive(path: str) -> bool:
         return False
 
 
+def _extracts(job: CopyJob, src: Source) -> bool:
+    """Docker's ADD extracts a local archive, never a downloaded one; BuildKit's
+    ``--unpack=true|false`` decides for both."""
+    if not job.extract:
+        return False
+    return (not src.remote) if job.unpack is None else job.unpack
+
+
 def copy_sources(writer: _Writer, job: CopyJob, sources: list[Source]) -> None:
     dest = job.dest
     if len(sources) > 1 and not dest.endswith("/"):
@@ -267,7 +278,7 @@ def copy_sources(writer: _Writer, job: CopyJob, sources: list[Source]) -> None:
     for src in sources:
         if src.is_dir:
             writer.copy_dir(src, dest)
-        elif job.extract and _is_archive(src.path):
+        elif _extracts(job, src) and _is_archive(src.path):
             writer.extract(src.path, dest)
         elif dest.endswith("/") or writer.is_dir(dest):
             writer.copy_file(src, posixpath.join(dest, src.name))

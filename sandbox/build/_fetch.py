@@ -44,7 +44,7 @@ def download(url: str, tmp: str, checksum: str | None, *, timeout: float = 60) -
             mtime = parsedate_to_datetime(modified).timestamp()
         except (TypeError, ValueError):
             mtime = None
-    return Source(name, path, False, mode=0o600, mtime=mtime)
+    return Source(name, path, False, mode=0o600, mtime=mtime, remote=True)
 
 
 def _mkstemp(tmp: str) -> tuple[int, str]:

@@ -446,6 +446,7 @@ class Builder:
                       from_lowers=self._from_lowers(from_, stage) if from_ else None,
                       from_paths=tuple(step.sources) if from_ else (), chown=step.chown,
                       chmod=chmod, extract=isinstance(step, AddInstruction),
+                      unpack=step.unpack if isinstance(step, AddInstruction) else None,
                       excludes=tuple(step.excludes),
                       keyword=step.keyword, source_date_epoch=self.options.source_date_epoch)
         layer = self._commit_copy(image, job)
