@@ -197,6 +197,99 @@ def test_ctrl_c_during_pull_exits_130_and_leaves_no_temp(sb: Sandbox, fake: Fake
     assert proc.returncode == 130
     state = store_state(sb.root)
     assert state["tmp"] == [] and state["names"] == []
+    serve_image(fake, "slow/img", img)
+    sb("pull", "-q", f"{fake.host}/slow/img")
+    _assert_complete(sb, f"{fake.host}/slow/img:latest", 1)
+
+
+def _assert_complete(sb: Sandbox, name: str, layers: int) -> None:
+    """The image is recorded once, every layer is unpacked (meta.json last), tmp/ is empty."""
+    state = store_state(sb.root)
+    assert state["tmp"] == [] and state["names"] == [name], state
+    assert len(state["layers"]) == layers
+    for chain in state["layers"]:
+        assert (sb.root / "layers" / chain / "meta.json").is_file()
+    (obj,) = json.loads(sb("image", "inspect", name).stdout)
+    assert len(obj["RootFS"]["Layers"]) == layers
+
+
+def _many_files_layer(count: int) -> bytes:
+    """A layer slow enough to unpack to interrupt it: ``count`` files owned by uid 1000 (a
+    subordinate uid where the user has ranges) in a read-only directory."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, mode in (("data", 0o755), ("data/locked", 0o555)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, mode, 1000, 1000
+            tar.addfile(info)
+        for i in range(count):
+            info = tarfile.TarInfo(f"data/{'locked/' if i % 2 else ''}f{i}")
+            info.size, info.uid, info.gid, info.mode = 4, 1000, 1000, 0o444
+            tar.addfile(info, io.BytesIO(b"%04d" % (i % 10000)))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupt_during_unpack_then_pull_again_completes(sig: signal.Signals, sb: Sandbox,
+                                                           fake: FakeRegistry) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGKILL of every
+    process while layers are being unpacked: the next pull removes the half-unpacked temp dirs
+    (files of subordinate uids included) and completes."""
+    import gzip
+    import hashlib
+
+    from registry_fixtures import Image, make_image
+
+    img = make_image([{"small": b"s"}], compressions=("none",))
+    big = _many_files_layer(60_000)
+    blob = gzip.compress(big, compresslevel=1)
+    manifest = json.loads(img.manifest)
+    config = json.loads(img.config)
+    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(big).hexdigest())
+    config["history"].append({"created_by": "many files"})
+    config_bytes = json.dumps(config).encode()
+    manifest["config"].update(digest="sha256:" + hashlib.sha256(config_bytes).hexdigest(),
+                              size=len(config_bytes))
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+                               "size": len(blob)})
+    image = Image(json.dumps(manifest).encode(), img.media_type, config_bytes,
+                  [img.layers[0], blob])
+    image.blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b
+                   for b in [config_bytes, img.layers[0], blob]}
+    serve_image(fake, "big/img", image)
+    proc = sb.popen("pull", f"{fake.host}/big/img", new_session=True)
+    tmp = sb.root / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if tmp.is_dir() and any(n.endswith(".layer") for n in os.listdir(tmp)):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the pull ended before its unpack could be interrupted"
+    time.sleep(0.3)  # well into the unpack
+    os.killpg(proc.pid, sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        for _ in range(100):  # the namespace helper cleans up after itself, then exits
+            if not any(n.endswith(".layer") for n in os.listdir(tmp)):
+                break
+            time.sleep(0.1)
+        assert store_state(sb.root)["tmp"] == []
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        assert any(n.endswith(".layer") for n in os.listdir(tmp))  # left half-unpacked
+    assert store_state(sb.root)["names"] == []
+    sb("pull", "-q", f"{fake.host}/big/img")
+    _assert_complete(sb, f"{fake.host}/big/img:latest", 2)
+    chain = [c for c in store_state(sb.root)["layers"]
+             if (sb.root / "layers" / c / "diff" / "data").is_dir()]
+    assert len(chain) == 1
+    data = sb.root / "layers" / chain[0] / "diff" / "data"
+    assert len(os.listdir(data)) + len(os.listdir(data / "locked")) == 60_000 + 1
 
 
 def test_pull_errors_are_one_line(sb: Sandbox, fake: FakeRegistry) -> None:
