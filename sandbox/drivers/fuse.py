@@ -19,9 +19,13 @@ from sandbox import _syscalls as sc
 __all__ = ["mount_fuse", "unmount_fuse"]
 
 
-def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str) -> int:
+def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
+               stderr_fd: int | None = None, timeout: float | None = None) -> int:
     """Mount the union at ``mountpoint``; returns the server's pid once the mount is live.
-    Raises OSError(EIO) when the server could not mount (its own message is on stderr)."""
+
+    Raises OSError(EIO) when the server could not mount (its own message goes to its stderr:
+    ours, or ``stderr_fd``), OSError(ETIMEDOUT) when it is not live within ``timeout`` seconds
+    (the server is then killed)."""
     from fuse_overlay import command
 
     ready_r, ready_w = os.pipe()
@@ -34,23 +38,47 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str) ->
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
+            if stderr_fd is not None:
+                os.dup2(stderr_fd, 2)
             argv = command(lowers, mountpoint, upperdir=upper, workdir=work, ready_fd=ready_w,
                            die_with_parent=True)
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
     os.close(ready_w)
-    answer = b""
-    while chunk := os.read(ready_r, 4096):
-        answer += chunk
-        if answer.startswith(b"ok"):
-            break
-    os.close(ready_r)
-    if not answer.startswith(b"ok"):
+    try:
+        answer = _read_ready(ready_r, timeout)
+    finally:
+        os.close(ready_r)
+    if answer is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        raise OSError(errno.EIO, "fuse_overlay could not mount the root filesystem",
+        raise OSError(errno.ETIMEDOUT, f"fuse_overlay was not serving after {timeout:g} s",
                       mountpoint)
+    if not answer.startswith(b"ok"):
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        raise OSError(errno.EIO, "fuse_overlay could not mount the root filesystem "
+                      f"(exit status {code})", mountpoint)
     return pid
+
+
+def _read_ready(fd: int, timeout: float | None) -> bytes | None:
+    """What the server wrote on its ready pipe up to ``ok`` or its end; None on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    answer = b""
+    while True:
+        if deadline is not None:
+            import select
+
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+        chunk = os.read(fd, 4096)
+        answer += chunk
+        if not chunk or answer.startswith(b"ok"):
+            return answer
 
 
 def unmount_fuse(mountpoint: str, pid: int, *, timeout: float = 5) -> None:
