@@ -303,7 +303,7 @@ class Builder:
 
     def _prepare(self, step: Instruction, stage: _Stage) -> _Prepared:
         if isinstance(step, RunInstruction):
-            return _Prepared(key=(stage.state.run_env(), step.network or "",
+            return _Prepared(key=(stage.state.cache_env(), step.network or "",
                                   self.options.network))
         if not isinstance(step, (CopyInstruction, AddInstruction)):
             return _Prepared()

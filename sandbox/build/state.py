@@ -143,19 +143,29 @@ class BuildState:
         return self.meta_args.get(name)
 
     def arg_env(self) -> dict[str, str]:
-        """Build args a RUN sees as environment (declared ones and passed proxy args),
-        those shadowed by ENV excluded: what Docker's cache key for RUN includes."""
-        out = {key: value for key, value in self.args.items()
-               if value is not None and key not in self.env}
-        for key in sorted(PROXY_ARGS & self.build_args.keys()):
-            if key not in self.env and key not in out:
-                out[key] = self.build_args[key]
-        return out
+        """Build args declared by ARG so far, those shadowed by ENV excluded: what Docker's
+        history (``|N K=V cmd``) and cache key for RUN include."""
+        return {key: value for key, value in self.args.items()
+                if value is not None and key not in self.env}
 
-    def run_env(self) -> list[str]:
-        """The ``KEY=VALUE`` environment of a RUN: the image Env, then `arg_env`."""
+    def proxy_env(self) -> dict[str, str]:
+        """Predefined proxy args given with ``--build-arg`` but not declared: a RUN sees them,
+        but Docker keeps them out of history and the cache key (they may hold credentials)."""
+        declared = self.arg_env()
+        return {key: self.build_args[key] for key in sorted(PROXY_ARGS & self.build_args.keys())
+                if key not in self.env and key not in declared and key not in self.args}
+
+    def cache_env(self) -> list[str]:
+        """The RUN environment less `proxy_env`: what the step's cache key includes."""
         merged = dict(self.env)
         merged.update(self.arg_env())
+        return [f"{key}={value}" for key, value in merged.items()]
+
+    def run_env(self) -> list[str]:
+        """The ``KEY=VALUE`` environment of a RUN: the image Env, `arg_env`, `proxy_env`."""
+        merged = dict(self.env)
+        merged.update(self.arg_env())
+        merged.update(self.proxy_env())
         return [f"{key}={value}" for key, value in merged.items()]
 
     def config_env(self) -> list[str]:

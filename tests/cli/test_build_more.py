@@ -92,3 +92,21 @@ def test_add_url_archive_is_stored_as_is_unless_unpack(cli, busybox_image: str, 
     out = cli("run", "--rm", "addurl-archive").stdout
     assert out == "/local-kept:\nlocal.tar.gz\n\n/plain:\nbundle.tar.gz\ninside\nlocal\n" \
                   "pkg/inner.txt\n"
+
+
+# -- predefined proxy args ----------------------------------------------------------------------
+
+def test_undeclared_proxy_arg_reaches_run_but_not_history_or_cache_key(
+        cli, busybox_image: str, tmp_path: Path, session_store: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nARG DECLARED=d\n"
+                   "RUN echo \"$http_proxy $DECLARED\" > /seen\n")
+    proxy = "http://user:secret@127.0.0.1:3128"
+    _build(cli, "--build-arg", f"http_proxy={proxy}", "-t", "proxied", str(ctx))
+    assert cli("run", "--rm", "proxied", "cat", "/seen").stdout == f"{proxy} d\n"
+    history = _image(session_store, "proxied").config["history"]
+    assert history[-1]["created_by"] == "|1 DECLARED=d /bin/sh -c echo \"$http_proxy " \
+                                        "$DECLARED\" > /seen"
+    assert "secret" not in cli("history", "--no-trunc", "proxied").stdout
+    # another proxy: the same step from the cache
+    out = _build(cli, "--build-arg", "http_proxy=http://other:3128", str(ctx)).stdout
+    assert out.count(" ---> Using cache") == 2

@@ -87,7 +87,19 @@ def test_run_env_has_declared_args_and_passed_proxy_args() -> None:
     state, _ = run_stage("FROM a\nARG DECLARED=1\nARG UNSET\nENV E=2\n",
                          build_args={"http_proxy": "http://p:3128", "OTHER": "x"})
     assert state.run_env() == ["E=2", "DECLARED=1", "http_proxy=http://p:3128"]
-    assert state.arg_env() == {"DECLARED": "1", "http_proxy": "http://p:3128"}
+    # undeclared proxy args: in the RUN environment, not in history nor the cache key
+    assert state.arg_env() == {"DECLARED": "1"}
+    assert state.proxy_env() == {"http_proxy": "http://p:3128"}
+    assert state.cache_env() == ["E=2", "DECLARED=1"]
+
+
+def test_declared_proxy_arg_is_an_ordinary_arg() -> None:
+    state, _ = run_stage("FROM a\nARG HTTPS_PROXY\n",
+                         build_args={"HTTPS_PROXY": "http://p:1", "no_proxy": "local"})
+    assert state.arg_env() == {"HTTPS_PROXY": "http://p:1"}
+    assert state.proxy_env() == {"no_proxy": "local"}
+    assert state.cache_env() == ["HTTPS_PROXY=http://p:1"]
+    assert state.run_env() == ["HTTPS_PROXY=http://p:1", "no_proxy=local"]
 
 
 def test_run_mounts_are_expanded_but_not_the_command() -> None:
