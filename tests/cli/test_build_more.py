@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -110,3 +112,99 @@ def test_undeclared_proxy_arg_reaches_run_but_not_history_or_cache_key(
     # another proxy: the same step from the cache
     out = _build(cli, "--build-arg", "http_proxy=http://other:3128", str(ctx)).stdout
     assert out.count(" ---> Using cache") == 2
+
+
+# -- CLI paths ----------------------------------------------------------------------------------
+
+def test_dockerfile_on_stdin_with_a_directory_context(cli, busybox_image: str,
+                                                      tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nRUN false\n", {"data.txt": "from the dir\n"})
+    _build(cli, "-f", "-", "-t", "stdin-df-dir", str(ctx),
+           input="FROM busybox\nCOPY data.txt /\nCMD [\"cat\", \"/data.txt\"]\n")
+    assert cli("run", "--rm", "stdin-df-dir").stdout == "from the dir\n"
+
+
+def test_relative_dockerfile_path_from_cwd_then_context(cli, busybox_image: str,
+                                                        tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\n", {"x.txt": "x\n"})
+    (ctx / "sub").mkdir()
+    (ctx / "sub" / "in-context.Dockerfile").write_text("FROM busybox\nLABEL which=context\n")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "df").mkdir(parents=True)
+    (elsewhere / "df" / "cwd.Dockerfile").write_text("FROM busybox\nLABEL which=cwd\n")
+
+    def build(dockerfile: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "sandbox", "build", "-q", "-f", dockerfile,
+                               str(ctx)], cwd=elsewhere, env=cli.env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return str(proc.stdout.strip())
+
+    from sandbox.images import ImageStore
+    from sandbox.store import Store
+
+    images = ImageStore(Store(cli.env["SANDBOX_ROOT"]))
+    assert images.get(build("df/cwd.Dockerfile")).config["config"]["Labels"] == {"which": "cwd"}
+    assert images.get(build("sub/in-context.Dockerfile")).config["config"]["Labels"] == {
+        "which": "context"}
+    proc = cli("build", "-f", "no/such.Dockerfile", str(ctx))
+    assert proc.returncode == 125 and "cannot locate specified Dockerfile" in proc.stderr
+
+
+def test_build_arg_without_value_comes_from_the_environment(cli, busybox_image: str,
+                                                            tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nARG FROMENV=default\nARG UNSET=kept\n"
+                   "RUN echo \"$FROMENV $UNSET\" > /v\n")
+    env = {"FROMENV": "from-the-env"}
+    _build(cli, "--build-arg", "FROMENV", "--build-arg", "UNSET", "-t", "argenv", str(ctx),
+           env=env)
+    assert cli("run", "--rm", "argenv", "cat", "/v").stdout == "from-the-env kept\n"
+
+
+def _host_platform() -> str:
+    from sandbox.oci import host_platform
+
+    return str(host_platform().normalized())
+
+
+def test_platform_flag_and_from_platform(cli, busybox_image: str, tmp_path: Path,
+                                         session_store: Path) -> None:
+    host = _host_platform()
+    ctx = _context(tmp_path, "FROM --platform=$BUILDPLATFORM busybox\nARG TARGETPLATFORM\n"
+                   "ARG TARGETARCH\nRUN echo \"$TARGETPLATFORM $TARGETARCH\" > /p\n")
+    _build(cli, "--platform", host, "-t", "plat", str(ctx))
+    arch = host.split("/")[1]
+    assert cli("run", "--rm", "plat", "cat", "/p").stdout == f"{host} {arch}\n"
+    assert _image(session_store, "plat").config["architecture"] == arch
+    other = "linux/s390x" if arch != "s390x" else "linux/amd64"
+    proc = _build(cli, "--platform", other, str(ctx), ok=False)
+    assert proc.returncode == 125 and f"cannot build for {other}" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    bad = _context(tmp_path / "bad", f"FROM --platform={other} busybox\n")
+    proc = _build(cli, str(bad), ok=False)
+    assert proc.returncode == 125
+    assert proc.stderr.startswith(f"sandbox: Dockerfile:1: cannot build for {other}")
+
+
+def test_from_a_digest_reference(cli, busybox_image: str, tmp_path: Path,
+                                 session_store: Path) -> None:
+    digest = _image(session_store, busybox_image).manifest_digest
+    ctx = _context(tmp_path, f"FROM busybox@{digest}\nRUN echo pinned > /p\n")
+    _build(cli, "-t", "pinned", str(ctx))
+    image = _image(session_store, "pinned")
+    assert image.diff_ids[0] == _image(session_store, busybox_image).diff_ids[0]
+    wrong = _context(tmp_path / "wrong", f"FROM busybox@sha256:{'1' * 64}\n")
+    proc = _build(cli, str(wrong), ok=False)
+    assert proc.returncode == 125 and "Dockerfile:1:" in proc.stderr
+
+
+def test_copy_link_in_a_real_build(cli, busybox_image: str, tmp_path: Path,
+                                   session_store: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox AS src\nRUN echo staged > /staged\n"
+                   "FROM busybox\nCOPY --link f.txt /linked/\n"
+                   "COPY --link --from=src /staged /linked/\n"
+                   "CMD [\"sh\", \"-c\", \"cat /linked/f.txt /linked/staged\"]\n",
+                   {"f.txt": "f\n"})
+    _build(cli, "-t", "linked", str(ctx))
+    assert cli("run", "--rm", "linked").stdout == "f\nstaged\n"
+    assert len(_image(session_store, "linked").diff_ids) == 3
