@@ -72,14 +72,17 @@ def pull(images: ImageStore, ref_text: str, *, platform: Platform | None = None,
         names = [str(ref)] if ref.tag and not ref.digest else []
         top_digest = top[2] if top else digest
         repo_digests = [f"{ref.name}@{top_digest}"]
-        if names and _up_to_date(images, names[0], digest) is not None:
-            return images.get_by_manifest(digest), False
-        if not names and store.has_blob(digest):
-            known = [i for i in images.list() if i.manifest_digest == digest]
-            if known and all(store.has_layer(c) for c in known[0].chain_ids):
-                images.add(data, [], repo_digests=repo_digests, media_type=media_type)
-                return images.get_by_manifest(digest), False
-        with store.lock("gc", shared=True):
+        if names:
+            current = _up_to_date(images, names[0], digest)
+            if current is not None:  # (not looked up again: an rmi may have come since)
+                return current, False
+        with store.lock("gc", shared=True):  # no blob or layer goes from here on
+            if not names and store.has_blob(digest):
+                known = [i for i in images.list() if i.manifest_digest == digest]
+                if known and all(store.has_layer(c) for c in known[0].chain_ids):
+                    image = images.add(data, [], repo_digests=repo_digests,
+                                       media_type=media_type)
+                    return image, False
             rc.pull(ref.with_digest(digest), LockingSink(store), platform=platform,
                     progress=progress)
             if top is not None and top[1] in INDEX_MEDIA_TYPES:

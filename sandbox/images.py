@@ -233,7 +233,11 @@ class ImageStore:
             index["manifests"] = self._keep_dangling(entries, kept + new,
                                                      same_config=config_digest, store=self.store)
             self.store.save_index(index)
-        return self.get_by_manifest(digest)
+            # built here, under the lock, from what was written: a re-read after it could
+            # find the image already removed by a concurrent rmi
+            all_names = [*names, *known_names]
+            all_rds = list(dict.fromkeys([*repo_digests, *known_rds]))
+            return self._load(digest, tuple(all_names), tuple(all_rds))
 
     @staticmethod
     def _entries_for(base: dict[str, Any], names: builtins.list[str],
