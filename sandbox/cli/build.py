@@ -86,6 +86,23 @@ def _stdin_context(store: Store, data: bytes) -> tuple[str | None, str | None]:
     return ctx, None
 
 
+def _check_tags(tags: list[str]) -> None:
+    """Refuse a bad ``-t`` before anything is built (Docker checks flags first, too)."""
+    from sandbox.errors import SandboxError
+    from sandbox.reference import parse_reference
+
+    for tag in tags:
+        try:
+            ref = parse_reference(tag)
+        except SandboxError as exc:
+            raise UsageError(f"invalid argument {tag!r} for \"-t, --tag\" flag: "
+                             f"{exc.message}") from None
+        if ref.digest:
+            raise UsageError(f"invalid argument {tag!r} for \"-t, --tag\" flag: "
+                             "refusing to create a tag with a digest reference",
+                             hint="give NAME[:TAG]")
+
+
 def _sde() -> int | None:
     value = os.environ.get("SOURCE_DATE_EPOCH", "")
     if not value:
@@ -125,6 +142,7 @@ def cmd_build(argv: list[str]) -> int:
     if args.network not in ("none", "host", "default"):
         raise UsageError(f"network mode {args.network!r} is not supported for build",
                          hint="use --network none or --network host")
+    _check_tags(args.tag)
     store = Store().ensure()
     context, text, name, temp = _source(args, store)
     try:

@@ -208,3 +208,28 @@ def test_copy_link_in_a_real_build(cli, busybox_image: str, tmp_path: Path,
     _build(cli, "-t", "linked", str(ctx))
     assert cli("run", "--rm", "linked").stdout == "f\nstaged\n"
     assert len(_image(session_store, "linked").diff_ids) == 3
+
+
+# -- bad tags -----------------------------------------------------------------------------------
+
+def _store_files(store: Path) -> set[str]:
+    return {str(p.relative_to(store)) for sub in ("blobs", "build-cache", "layers")
+            if (store / sub).exists() for p in (store / sub).rglob("*")}
+
+
+@pytest.mark.parametrize(("tag", "message"), [
+    ("Bad Tag", "invalid reference format"),
+    ("name:a:b", "invalid reference format"),
+    (f"name@sha256:{'a' * 64}", "refusing to create a tag with a digest reference"),
+])
+def test_invalid_tag_is_refused_before_building(cli, busybox_image: str, tmp_path: Path,
+                                                session_store: Path, tag: str,
+                                                message: str) -> None:
+    ctx = _context(tmp_path, f"FROM busybox\nRUN echo {tag.replace(' ', '_')} > /t\n")
+    before = _store_files(session_store)
+    proc = _build(cli, "-t", "good", "-t", tag, str(ctx), ok=False)
+    assert proc.returncode == 125
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"sandbox: invalid argument {tag!r} for \"-t, --tag\" flag: ")
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert _store_files(session_store) == before
