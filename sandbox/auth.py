@@ -1,15 +1,18 @@
 """Registry credentials and host trust.
 
 Credentials are read from, in order: ``$REGISTRY_AUTH_FILE``, our own login file
-(``$XDG_CONFIG_HOME/sandbox/auth.json``), Podman's ``$XDG_RUNTIME_DIR/containers/auth.json`` and
-Docker's ``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``), each in Docker's format
-(``{"auths": {"HOST": {"auth": base64("user:pass")}}}``, optional ``credsStore``/``credHelpers``).
-``sandbox login`` writes only our own file.
+(``$XDG_CONFIG_HOME/sandbox/auth.json``), then the files Podman and skopeo read, in the order of
+containers-auth.json(5): ``$XDG_RUNTIME_DIR/containers/auth.json``,
+``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config/containers/auth.json``), Docker's
+``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``) and the legacy ``~/.dockercfg``; each
+in Docker's format (``{"auths": {"HOST": {"auth": base64("user:pass")}}}``, optional
+``credsStore``/``credHelpers``; ``.dockercfg`` without the ``auths`` level). ``sandbox login``
+writes only our own file.
 
 Host trust: which registries are reached over plain HTTP / unverified TLS (loopback,
 ``$SANDBOX_INSECURE_REGISTRIES``, ``registries.conf`` ``insecure = true``) and the TLS context
-for a host with CAs and client certificates from ``certs.d`` directories (``*.crt``,
-``*.cert`` + ``*.key``).
+for a host with CAs and client certificates from the ``certs.d`` directories of
+containers-certs.d(5) and Docker (``*.crt`` CAs, ``*.cert`` + ``*.key`` client pairs).
 """
 
 from __future__ import annotations
@@ -79,8 +82,11 @@ def auth_files() -> list[Path]:
     files.append(own_auth_file())
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     files.append(Path(runtime) / "containers" / "auth.json")
+    files.append(_env_path("XDG_CONFIG_HOME", Path.home() / ".config") / "containers"
+                 / "auth.json")
     files.append(_env_path("DOCKER_CONFIG", Path.home() / ".docker") / "config.json")
-    return files
+    files.append(Path.home() / ".dockercfg")
+    return list(dict.fromkeys(files))
 
 
 def _normalize_key(key: str) -> str:
@@ -153,7 +159,10 @@ def lookup_credentials(host: str) -> Credentials | None:
     """Credentials for registry ``host`` (``docker.io`` for Docker Hub), or None."""
     host = _normalize_key(host)
     for path in auth_files():
-        creds = _lookup_in(_read_json(path), host, path)
+        data = _read_json(path)
+        if path.name == ".dockercfg" and "auths" not in data:
+            data = {"auths": data}  # the legacy format: hosts at the top level
+        creds = _lookup_in(data, host, path)
         if creds is not None:
             logger.debug("credentials for %s from %s", host, path)
             return creds
@@ -287,13 +296,17 @@ def is_insecure(host: str) -> bool:
 
 
 def certs_dirs(host: str) -> list[Path]:
-    """The ``certs.d/HOST[:PORT]`` directories consulted for ``host``, in order."""
+    """The ``certs.d/HOST[:PORT]`` directories consulted for ``host``, in order:
+    ``$SANDBOX_CERTS_D``, the rootless ``$XDG_CONFIG_HOME/containers/certs.d`` and
+    ``~/.config/containers/certs.d`` (containers-certs.d(5)), ``/etc/containers/certs.d``, then
+    Docker's ``/etc/docker/certs.d``."""
     roots = [_env_path("XDG_CONFIG_HOME", Path.home() / ".config") / "containers" / "certs.d",
+             Path.home() / ".config" / "containers" / "certs.d",
              Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d")]
     extra = os.environ.get("SANDBOX_CERTS_D")
     if extra:
         roots.insert(0, Path(extra))
-    return [root / host for root in roots]
+    return list(dict.fromkeys(root / host for root in roots))
 
 
 def _iter_files(dirs: list[Path], suffix: str) -> Iterator[Path]:
@@ -317,6 +330,11 @@ def ssl_context_for(host: str, *, verify: bool = True) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise RegistryError(f"cannot load CA certificate {ca} for {host}: {exc}",
                                 hint="fix or remove that file") from None
+    for key in _iter_files(dirs, ".key"):
+        if not key.with_suffix(".cert").exists():
+            raise RegistryError(f"missing client certificate {key.with_suffix('.cert').name} "
+                                f"for key {key} ({host})",
+                                hint="each NAME.key needs a matching NAME.cert")
     for cert in _iter_files(dirs, ".cert"):
         key = cert.with_suffix(".key")
         try:

@@ -236,13 +236,16 @@ class RegistryProc:
             self.proc.wait()
 
 
-def start_registry(root: Path, auth: str = "", tls: tuple[Path, Path] | None = None
-                   ) -> RegistryProc:
+def start_registry(root: Path, auth: str = "", tls: tuple[Path, Path] | None = None,
+                   client_ca: Path | None = None) -> RegistryProc:
+    """``client_ca``: with ``tls``, require client certificates signed by it."""
     if not HAVE_REGISTRY:
         pytest.skip("docker-registry binary not installed (Debian package docker-registry)")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     tls_conf = f"\n  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}" if tls else ""
+    if tls and client_ca:
+        tls_conf += f"\n    clientcas:\n      - {client_ca}"
     config = f"""version: 0.1
 log:
   level: warn
@@ -593,6 +596,19 @@ class Registries:
             reg.ca = cert
             self.started["tls"] = reg
         return self.started["tls"]  # type: ignore[no-any-return]
+
+    def mtls(self) -> tuple[RegistryProc, Path]:
+        """TLS that requires a client certificate; returns it and the dir holding
+        ``server.crt`` (the CA), ``client.cert`` and ``client.key``."""
+        if "mtls" not in self.started:
+            d = self.base / "mtls"
+            cert, key, _ = make_cert(d / "certs", "server")
+            client_cert, client_key, _ = make_cert(d / "certs", "client")
+            client_cert.rename(d / "certs" / "client.cert")
+            reg = start_registry(d, tls=(cert, key), client_ca=d / "certs" / "client.cert")
+            reg.ca = cert
+            self.started["mtls"] = reg
+        return self.started["mtls"], self.base / "mtls" / "certs"  # type: ignore[return-value]
 
     def stop(self) -> None:
         for item in self.started.values():

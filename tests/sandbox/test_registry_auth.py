@@ -188,3 +188,96 @@ def test_credential_helpers(auth_env: Path, tmp_path: Path,
     write_docker_config(cfg, {}, credsStore="fake")
     assert auth.lookup_credentials("docker.io") == Credentials(
         f"h-{auth.DOCKER_HUB_AUTH_KEY}", "s3cret")
+
+
+# --- the files Podman and skopeo read (containers-auth.json(5)) -----------------------------------
+
+def test_auth_files_follow_containers_auth_json_order(auth_env: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    config = auth_env / ".config"
+    assert auth.auth_files() == [
+        config / "sandbox" / "auth.json", tmp_path / "run" / "containers" / "auth.json",
+        config / "containers" / "auth.json", auth_env / ".docker" / "config.json",
+        auth_env / ".dockercfg"]
+    host = "reg.example:5000"
+    (auth_env / ".dockercfg").write_text(json.dumps({host: {"auth": _b64("legacy", "l")}}))
+    assert auth.lookup_credentials(host) == Credentials("legacy", "l")
+    write_docker_config(auth_env / ".docker" / "config.json", {host: _b64("docker", "d")})
+    assert auth.lookup_credentials(host) == Credentials("docker", "d")
+    # podman login writes $XDG_RUNTIME_DIR/containers/auth.json; a persistent login
+    # (--authfile or an unset runtime dir) lives in $XDG_CONFIG_HOME/containers/auth.json
+    write_docker_config(config / "containers" / "auth.json", {host: _b64("persistent", "p")})
+    assert auth.lookup_credentials(host) == Credentials("persistent", "p")
+    write_docker_config(tmp_path / "run" / "containers" / "auth.json", {host: _b64("run", "r")})
+    assert auth.lookup_credentials(host) == Credentials("run", "r")
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    assert auth_env / ".config" / "containers" / "auth.json" in auth.auth_files()
+
+
+# --- certs.d (containers-certs.d(5), Docker's /etc/docker/certs.d) ------------------------------
+
+def test_certs_dirs_rootless_then_system_then_docker(auth_env: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    host = "reg.example:5000"
+    assert auth.certs_dirs(host) == [
+        auth_env / ".config" / "containers" / "certs.d" / host,
+        Path("/etc/containers/certs.d") / host, Path("/etc/docker/certs.d") / host]
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SANDBOX_CERTS_D", str(tmp_path / "extra"))
+    assert auth.certs_dirs(host) == [
+        tmp_path / "extra" / host, tmp_path / "xdg" / "containers" / "certs.d" / host,
+        auth_env / ".config" / "containers" / "certs.d" / host,
+        Path("/etc/containers/certs.d") / host, Path("/etc/docker/certs.d") / host]
+
+
+def _cert_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    from registry_fixtures import make_cert
+
+    cert, key, _ = make_cert(directory, name)
+    return cert, key
+
+
+def test_ssl_context_loads_cas_and_client_pairs_from_certs_d(auth_env: Path,
+                                                             tmp_path: Path) -> None:
+    host = "reg.example:5000"
+    certs = auth_env / ".config" / "containers" / "certs.d" / host
+    ca, _ = _cert_pair(tmp_path / "made", "ca")
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_bytes(ca.read_bytes())
+    baseline = len(auth.ssl_context_for("other.example").get_ca_certs())
+    assert len(auth.ssl_context_for(host).get_ca_certs()) == baseline + 1
+    client, key = _cert_pair(tmp_path / "made", "client")
+    (certs / "client.cert").write_bytes(client.read_bytes())
+    (certs / "client.key").write_bytes(key.read_bytes())
+    auth.ssl_context_for(host)  # a matching pair loads
+    (certs / "client.key").write_bytes(_cert_pair(tmp_path / "other", "x")[1].read_bytes())
+    with pytest.raises(RegistryError, match="cannot load client certificate .*client.cert"):
+        auth.ssl_context_for(host)  # a key that is not the certificate's
+    (certs / "client.cert").unlink()
+    with pytest.raises(RegistryError, match="missing client certificate client.cert"):
+        auth.ssl_context_for(host)
+    (certs / "client.key").unlink()
+    (certs / "bad.crt").write_text("not a certificate")
+    with pytest.raises(RegistryError, match="cannot load CA certificate .*bad.crt"):
+        auth.ssl_context_for(host)
+
+
+@pytest.mark.requires_registry
+def test_registry_requiring_a_client_certificate(registries: Registries, auth_env: Path,
+                                                 store: DirStore, tmp_path: Path) -> None:
+    """A registry that demands a client certificate: refused without one, pulled with the
+    CA and the client pair in the rootless certs.d of containers-certs.d(5)."""
+    reg, made = registries.mtls()
+    img = random_image([2_000], seed=61)
+    certs = auth_env / ".config" / "containers" / "certs.d" / reg.host
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_bytes((made / "server.crt").read_bytes())
+    with RegistryClient(secure=[reg.host], retries=0) as c, pytest.raises(RegistryError) as info:
+        c.pull(f"{reg.host}/m/tls:1", store)
+    assert reg.host in info.value.one_line()
+    for name in ("client.cert", "client.key"):
+        (certs / name).write_bytes((made / name).read_bytes())
+    src = store_with(tmp_path / "src", img.blobs)
+    with RegistryClient(secure=[reg.host], retries=0) as c:
+        c.push(f"{reg.host}/m/tls:1", src, img.digest)
+        assert c.pull(f"{reg.host}/m/tls:1", store).manifest_digest == img.digest
