@@ -72,6 +72,8 @@ class SandboxFactory:
         self.kept: list[Container] = []
         self._default_image: str | None = None
         self.current_item: pytest.Item | None = None
+        self.next_item: pytest.Item | None = None  # pytest_runtest_protocol's nextitem
+        self._ahead: dict[str, tuple[ContainerRequest, Any]] = {}  # nodeid -> (req, pending)
 
     # -- engine --------------------------------------------------------------------------------
     @property
@@ -212,9 +214,21 @@ class SandboxFactory:
         return lifecycle.HostOptions(ports=tuple(b for p in req.ports for b in parse_publish(p)))
 
     def start(self, req: ContainerRequest, item: pytest.Item | None) -> Container:
-        """A running container for ``req`` (``sandbox run -d IMAGE sleep infinity``)."""
+        """A running container for ``req`` (``sandbox run -d IMAGE sleep infinity``): the one
+        :meth:`start_ahead` started for ``item`` while the previous test ran, else a new one."""
         from pytest_plugin.fixtures.handle import Container
 
+        ahead = self._ahead.pop(item.nodeid, None) if item is not None else None
+        if ahead is not None and ahead[0] != req:
+            self._discard(ahead[1])
+            ahead = None
+        pending = ahead[1] if ahead is not None else self._launch(req, item)
+        state = pending.result()
+        container = Container(self, state, req)
+        self._owned[container.id] = container
+        return container
+
+    def _launch(self, req: ContainerRequest, item: pytest.Item | None) -> Any:
         lifecycle = lifecycle_module()
         self._ensure_reaper()
         opts = self.run_options(req, self.labels(item))
@@ -222,11 +236,41 @@ class SandboxFactory:
         from pytest_plugin.isolate import frozen_heap
 
         with frozen_heap():  # lifecycle forks its monitor from this process when it can
-            state = lifecycle.run_detached(self.engine, req.image, cmd, opts,
-                                           self.host_options(lifecycle, req))
-        container = Container(self, state, req)
-        self._owned[container.id] = container
-        return container
+            return lifecycle.run_detached_async(self.engine, req.image, cmd, opts,
+                                                self.host_options(lifecycle, req))
+
+    def start_ahead(self, item: pytest.Item | None) -> None:
+        """Start the container of ``item`` (the next test, when it takes the ``container``
+        fixture) now, so that its monitor sets it up while the current test runs on the
+        other core; :meth:`start` hands it over. A request that cannot start here is left
+        to the test's own setup, which reports the error in the right place."""
+        for nodeid in [n for n in self._ahead if item is None or n != item.nodeid]:
+            self._discard(self._ahead.pop(nodeid)[1])  # its test did not take it (skipped)
+        if item is None or item.nodeid in self._ahead or \
+                "container" not in getattr(item, "fixturenames", ()):
+            return
+        from pytest_plugin.plugin import item_request
+
+        try:
+            req = item_request(item)
+            if req.isolate:
+                return
+            self._ahead[item.nodeid] = (req, self._launch(req, item))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail/skip too: the test reports it
+            logger.debug("not starting %s ahead: %r", item.nodeid, exc)
+
+    def _discard(self, pending: Any) -> None:
+        """Remove a container started ahead for a test that did not take it."""
+        try:
+            state = pending.result()
+        except Exception:  # noqa: BLE001 - it failed to start: nothing runs
+            if os.path.isdir(pending.spec.container_dir):
+                self._force_remove(pending.spec.id)
+            return
+        if not self._hand_to_reaper(state.id):
+            self._force_remove(state.id)
 
     def remove(self, container: Container) -> None:
         if container.removed:
@@ -312,6 +356,8 @@ class SandboxFactory:
 
     # -- end of session ------------------------------------------------------------------------
     def finish(self) -> None:
+        with contextlib.suppress(Exception):
+            self.start_ahead(None)
         for container in list(self._owned.values()):
             with contextlib.suppress(Exception):
                 self.remove(container)

@@ -188,6 +188,18 @@ def _finish_isolated(item: pytest.Item, report: pytest.TestReport | None) -> Non
 
 # -- reports, diagnostics, retention ----------------------------------------------------------
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item,
+                            nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    """Remember the next test: the ``container`` fixture starts its container ahead."""
+    factory = item.config.stash[FACTORY_KEY]
+    factory.next_item = nextitem
+    try:
+        return (yield)
+    finally:
+        factory.next_item = None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item.config.stash[FACTORY_KEY].current_item = item

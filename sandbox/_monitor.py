@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 from sandbox import _cstate as cs
 from sandbox._record import replace as record_replace
 
-__all__ = ["launch", "monitor_main", "attach_socket_path"]
+__all__ = ["Launch", "launch", "launch_async", "monitor_main", "attach_socket_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,45 @@ def attach_socket_path(cdir: str) -> str:
 
 def launch(root: str, cid: str, map_mode: str) -> dict[str, Any]:
     """Start the monitor of container ``cid``; returns its report once the command runs."""
+    return launch_async(root, cid, map_mode).report()
+
+
+class Launch:
+    """A monitor on its way: :meth:`report` waits until the container's command runs (or the
+    start failed) and returns the monitor's report. The caller goes on meanwhile; the plugin
+    starts the next test's container this way while the current test runs."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self._pid, self._fd = pid, fd
+        self._report: dict[str, Any] | None = None
+
+    def report(self) -> dict[str, Any]:
+        if self._report is not None:
+            return self._report
+        try:
+            os.waitpid(self._pid, 0)
+        except ChildProcessError:
+            pass
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(self._fd)
+        try:
+            report: dict[str, Any] = json.loads(data)
+        except ValueError:
+            report = {"error": {"kind": "SandboxError", "code": 125,
+                                "message": "the container monitor died while starting"}}
+        self._report = report
+        return report
+
+
+def launch_async(root: str, cid: str, map_mode: str) -> Launch:
+    """Fork (or spawn, from a threaded caller) the monitor of ``cid`` and return at once."""
     r, w = os.pipe()
     from sandbox.runtime.process import can_fork
 
@@ -70,25 +109,7 @@ def launch(root: str, cid: str, map_mode: str) -> dict[str, Any]:
         pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "sandbox._monitor", root,
                                               cid, str(w), map_mode], env)
     os.close(w)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    data = b""
-    try:
-        while not data.endswith(b"\n"):
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
-    try:
-        report: dict[str, Any] = json.loads(data)
-    except ValueError:
-        report = {"error": {"kind": "SandboxError", "code": 125,
-                            "message": "the container monitor died while starting"}}
-    return report
+    return Launch(pid, r)
 
 
 def _daemonize_stdio(keep: int) -> None:

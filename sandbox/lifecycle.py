@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ContainerState", "ExecResult", "HostOptions", "ContainerNotRunning", "ExecTimeout",
-    "WaitTimeout", "create", "start", "run_detached", "run_foreground", "exec_run",
+    "WaitTimeout", "PendingStart", "create", "start", "start_async", "run_detached",
+    "run_detached_async", "run_foreground", "exec_run",
     "exec_stream", "state", "list_containers", "stop", "restart", "kill", "remove", "wait",
     "logs", "diff", "copy_from", "copy_to", "export", "port", "commit", "pause", "unpause",
     "inspect", "rename", "top", "stats", "prune", "cleanup_stale", "parse_signal",
@@ -271,42 +272,78 @@ def _write_net_files(spec: ContainerSpec, host: HostOptions) -> None:
 
 def start(engine: Engine, spec: ContainerSpec) -> ContainerState:
     """Start a created (or exited) container under its monitor; returns once it runs."""
-    from sandbox._monitor import launch
+    return start_async(engine, spec).result()
+
+
+class PendingStart:
+    """A container whose monitor is starting it (:func:`start_async`); :meth:`result` waits
+    for the command to run and returns its state, or raises what the start met."""
+
+    def __init__(self, engine: Engine, spec: ContainerSpec, cfg: dict[str, Any],
+                 launch: Any) -> None:
+        self.engine, self.spec, self._cfg, self._launch = engine, spec, cfg, launch
+        self.created = False  # made for this start (``run -d``): an ``--rm`` one goes if it fails
+
+    def result(self) -> ContainerState:
+        try:
+            return self._result()
+        except BaseException:
+            spec = self.spec
+            if self.created and spec.remove and os.path.isdir(spec.container_dir) and \
+                    cs.read_state(spec.container_dir).get("status") not in _LIVE:
+                _remove_now(self.engine, spec.id, spec.container_dir, volumes=True)
+            raise
+
+    def _result(self) -> ContainerState:
+        spec, cdir = self.spec, self.spec.container_dir
+        report = self._launch.report()
+        if "error" in report:
+            from sandbox import errors
+
+            info = report["error"]
+            cls = getattr(errors, str(info.get("kind")), SandboxError)
+            if not (isinstance(cls, type) and issubclass(cls, SandboxError)) or cls in (
+                    errors.RuntimeSetupError, InvalidStateTransition):
+                cls = SandboxError
+            err = cls(str(info.get("message")))
+            err.exit_code = int(info.get("code", 125))
+            if spec.remove:
+                _remove_now(self.engine, spec.id, cdir, volumes=True)
+            raise err
+        return _to_state(spec.id, self._cfg, cs.read_state(cdir))
+
+
+def start_async(engine: Engine, spec: ContainerSpec) -> PendingStart:
+    """Hand a created (or exited) container to a new monitor and return at once."""
+    from sandbox._monitor import launch_async
 
     cdir = spec.container_dir
     cfg = engine.load_config(spec.id)
     st = _checked_state(engine, spec.id, cdir, cfg)
     if st.get("status") in _LIVE:
         raise InvalidStateTransition(str(st["status"]), "start", name=spec.name)
-    report = launch(engine.store.root, spec.id, engine.mapping.mode)
-    if "error" in report:
-        from sandbox import errors
-
-        info = report["error"]
-        cls = getattr(errors, str(info.get("kind")), SandboxError)
-        if not (isinstance(cls, type) and issubclass(cls, SandboxError)) or cls in (
-                errors.RuntimeSetupError, InvalidStateTransition):
-            cls = SandboxError
-        err = cls(str(info.get("message")))
-        err.exit_code = int(info.get("code", 125))
-        if spec.remove:
-            _remove_now(engine, spec.id, cdir, volumes=True)
-        raise err
-    return _to_state(spec.id, cfg, cs.read_state(cdir))
+    return PendingStart(engine, spec, cfg, launch_async(engine.store.root, spec.id,
+                                                         engine.mapping.mode))
 
 
 def run_detached(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
                  host: HostOptions | None = None) -> ContainerState:
     """``docker run -d``."""
+    return run_detached_async(engine, image, cmd, opts, host).result()
+
+
+def run_detached_async(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
+                       host: HostOptions | None = None) -> PendingStart:
+    """``docker run -d`` that returns once the monitor is on its way (``.result()`` waits)."""
     spec = create(engine, image, cmd, opts, host)
     try:
-        return start(engine, spec)
+        pending = start_async(engine, spec)
     except BaseException:
-        if os.path.isdir(spec.container_dir) and cs.read_state(
-                spec.container_dir).get("status") not in _LIVE:
-            if spec.remove:
-                _remove_now(engine, spec.id, spec.container_dir, volumes=True)
+        if spec.remove and os.path.isdir(spec.container_dir):
+            _remove_now(engine, spec.id, spec.container_dir, volumes=True)
         raise
+    pending.created = True
+    return pending
 
 
 _CGROUP_V2_MARK = "/sys/fs/cgroup/cgroup.controllers"
