@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -9,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import processes_with
 
 pytestmark = pytest.mark.requires_userns
 
@@ -22,11 +22,6 @@ def _cmdline(pid: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _mounts_mentioning(text: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line for line in f if text in line]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -49,33 +44,129 @@ def test_fuse_driver_mounts_fuse_overlay_as_root(cli, busybox_image):
     assert "fuse_overlay" not in r.stdout.split("\n", 1)[1], "the FUSE server is visible"
 
 
-@pytest.mark.requires_fuse
-def test_fuse_driver_leaves_nothing_after_sigkill_of_the_engine(cli, busybox_image,
-                                                               session_store: Path):
-    naptime = str(600 + os.getpid() % 1000)  # a command line no other test runs
-    proc = cli.popen("run", "--rm", "--storage-driver", "fuse", busybox_image, "sh", "-c",
-                     f"echo ready; sleep {naptime}", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    containers = session_store / "containers"
-    running = [c for c in os.listdir(containers)]
-    assert running
-    assert processes_with("fuse_overlay")
-    proc.send_signal(signal.SIGKILL)
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, None when it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[1]), fields[19]
+
+
+def _tree(root: int) -> dict[int, tuple[int, str]]:
+    """``root`` and its descendants: pid -> (parent pid, start time)."""
+    procs = {int(p): st for p in os.listdir("/proc") if p.isdigit()
+             and (st := _stat(int(p))) is not None}
+    tree = {root: procs[root]}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, start) in procs.items():
+            if ppid in tree and pid not in tree:
+                tree[pid] = (ppid, start)
+                grew = True
+    return tree
+
+
+def _still_running(tree: dict[int, tuple[int, str]]) -> dict[int, str]:
+    """The processes of ``tree`` that still run (same pid and start time): pid -> cmdline."""
+    return {pid: _cmdline(pid) for pid, (_, start) in tree.items()
+            if (st := _stat(pid)) is not None and st[1] == start}
+
+
+def _mounts_under(path: str) -> list[str]:
+    """Mounts at or below ``path`` in the mount namespace of any process we can see: a mount
+    lives as long as one process of its namespace does, wherever that process is."""
+    seen: set[str] = set()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        seen.add(ns)
+        found += [f"{pid}: {line.strip()}" for line in lines
+                  if (line.split()[4] + "/").startswith(path + "/")]
+    return found
+
+
+def _held_locks(store: Path) -> list[str]:
+    held = []
+    for name in os.listdir(store / "locks"):
+        fd = os.open(store / "locks" / name, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(name)
+        finally:
+            os.close(fd)
+    return held
+
+
+def _end(proc: subprocess.Popen[str], ending: str, tree: dict[int, tuple[int, str]]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    if ending == "exit":
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == "bye\n"
+        return
+    if ending == "sigkill-engine":  # the namespace holder first: it must get no chance to clean
+        for pid, (ppid, _) in tree.items():
+            if ppid == proc.pid:
+                os.kill(pid, signal.SIGKILL)
+    proc.kill()
     proc.wait(timeout=10)
-    proc.stdout.close()
-    proc.stderr.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        leftovers = [p for p in processes_with("fuse_overlay")
-                     if any(c in _cmdline(p) for c in running)]
-        if not leftovers and not processes_with(f"sleep\x00{naptime}"):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"left running after SIGKILL: {leftovers}")
-    assert not _mounts_mentioning(str(containers))
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.parametrize("ending", ["exit", "sigkill-cli", "sigkill-engine"])
+def test_fuse_driver_leaves_nothing_behind(cli, busybox_image, session_store: Path, ending):
+    """After ``run --rm`` ends (by itself; by SIGKILL of the CLI; by SIGKILL of the CLI and of
+    its namespace holder, so that only PDEATHSIG is left to clean up) no server, engine or
+    container process runs, no process's mount namespace holds the container's mount, no store
+    lock is held, and the container is gone (the next ``ps`` reaps what SIGKILL left)."""
+    containers = session_store / "containers"
+    before = set(os.listdir(containers)) if containers.exists() else set()
+    proc = cli.popen("run", "--rm", "-i", "--storage-driver", "fuse", busybox_image, "sh", "-c",
+                     "echo ready; read line; echo bye", stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tree: dict[int, tuple[int, str]] = {}
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        (cid,) = set(os.listdir(containers)) - before
+        cdir = str(containers / cid)
+        tree = _tree(proc.pid)
+        servers = [pid for pid in tree if "fuse_overlay" in _cmdline(pid)]
+        assert len(servers) == 1 and cdir in _cmdline(servers[0]), tree
+        assert any(" fuse" in m for m in _mounts_under(cdir)), "the mount check sees nothing"
+        _end(proc, ending, tree)
+        deadline = time.monotonic() + 15
+        while (_still_running(tree) or _mounts_under(cdir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _still_running(tree), f"left running: {_still_running(tree)}"
+        assert not _mounts_under(cdir), f"left mounted: {_mounts_under(cdir)}"
+        assert not _held_locks(session_store)
+        if ending == "sigkill-engine":  # nothing of ours was left to remove it: the next
+            r = cli("ps", "-a", "--no-trunc")  # command that reads the store reaps it
+            assert r.returncode == 0 and cid not in r.stdout, r.stdout + r.stderr
+        while os.path.exists(cdir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(cdir), os.listdir(cdir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _still_running(tree):  # a failed test leaves nothing running either
+            os.kill(pid, signal.SIGKILL)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_driver_choice_is_probed_and_explained(cli):
