@@ -71,16 +71,24 @@ class _Reader:
         return os.path.normpath(name) in self.names
 
     def _dir_path(self, name: str) -> str:
+        """``name`` in the layout directory; refused if it (or a symlink on the way) leads out
+        of it: a layout is read, never trusted."""
         norm = os.path.normpath(name)
-        if norm.startswith("..") or os.path.isabs(norm):
-            raise ArchiveError(f"{self.label}: refusing path {name!r} outside the layout")
         assert self.root is not None
-        return os.path.join(self.root, norm)
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(os.path.join(root, norm))
+        if norm.startswith("..") or os.path.isabs(norm) or \
+                os.path.commonpath([root, real]) != root:
+            raise ArchiveError(f"{self.label}: refusing path {name!r} outside the layout")
+        return real
 
     def open(self, name: str) -> IO[bytes]:
         if self.root is not None:
+            path = self._dir_path(name)
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise ArchiveError(f"{self.label}: {name} is not a regular file")
             try:
-                return open(self._dir_path(name), "rb")
+                return open(path, "rb")
             except FileNotFoundError:
                 raise ArchiveError(f"{self.label}: {name} is missing") from None
         assert self.tar is not None
@@ -178,15 +186,21 @@ def _seekable(f: BinaryIO) -> bool:
 
 
 def _copy_blob(store: Store, reader: _Reader, name: str, digest: str | None,
-               size: int | None = None) -> tuple[str, int]:
-    """Copy archive file ``name`` into the store, verified against ``digest`` when given."""
+               size: int | None = None, added: list[str] | None = None) -> tuple[str, int]:
+    """Copy archive file ``name`` into the store, verified against ``digest`` when given;
+    blobs the store did not have are appended to ``added``."""
     with reader.open(name) as f:
         if digest is not None:
             if store.has_blob(digest):
                 return digest, store.blob_size(digest)
             store.ingest_blob_once(digest, iter(lambda: f.read(_CHUNK), b""), size=size)
+            if added is not None:
+                added.append(digest)
             return digest, store.blob_size(digest)
-        return store.ingest_file(f)  # type: ignore[arg-type]
+        digest, size, new = store.ingest_new_file(f)  # type: ignore[arg-type]
+        if new and added is not None:
+            added.append(digest)
+        return digest, size
 
 
 def _blob_digest_of_name(name: str) -> str | None:
@@ -206,7 +220,8 @@ def _media_type_of(store: Store, digest: str) -> str:
             None: MEDIA_TYPE_OCI_LAYER}.get(kind, MEDIA_TYPE_OCI_LAYER)
 
 
-def _load_docker(images: ImageStore, reader: _Reader) -> list[tuple[bytes, list[str]]]:
+def _load_docker(images: ImageStore, reader: _Reader, added: list[str]
+                 ) -> list[tuple[bytes, list[str]]]:
     """``manifest.json`` entries → (OCI manifest bytes, names); blobs copied into the store."""
     store = images.store
     entries = reader.json("manifest.json")
@@ -220,15 +235,21 @@ def _load_docker(images: ImageStore, reader: _Reader) -> list[tuple[bytes, list[
         except (KeyError, TypeError):
             raise ArchiveError(f"{reader.label}: malformed manifest.json entry") from None
         cfg_digest, cfg_size = _copy_blob(store, reader, config_name,
-                                          _blob_digest_of_name(config_name))
-        config = json.loads(store.read_blob(cfg_digest))
+                                          _blob_digest_of_name(config_name), added=added)
+        try:
+            config = json.loads(store.read_blob(cfg_digest))
+        except ValueError:
+            raise ArchiveError(f"{reader.label}: {config_name} is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise ArchiveError(f"{reader.label}: {config_name} is not an image config")
         diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
         if len(diff_ids) != len(layer_names):
             raise ArchiveError(f"{reader.label}: {len(layer_names)} layers for "
                                f"{len(diff_ids)} diff ids in {config_name}")
         layers = []
         for name, diff_id in zip(layer_names, diff_ids, strict=True):
-            digest, size = _copy_blob(store, reader, name, _blob_digest_of_name(name))
+            digest, size = _copy_blob(store, reader, name, _blob_digest_of_name(name),
+                                      added=added)
             media_type = _media_type_of(store, digest)
             if media_type == MEDIA_TYPE_OCI_LAYER and digest != diff_id:
                 raise DigestMismatch(f"{reader.label}: layer {name} hashes to {digest}, but "
@@ -256,7 +277,8 @@ def _oci_names(desc: dict[str, Any]) -> list[str]:
     return []
 
 
-def _load_oci(images: ImageStore, reader: _Reader) -> list[tuple[bytes, list[str]]]:
+def _load_oci(images: ImageStore, reader: _Reader, added: list[str]
+              ) -> list[tuple[bytes, list[str]]]:
     store = images.store
     index = reader.json("index.json")
     out = []
@@ -270,13 +292,26 @@ def _load_oci(images: ImageStore, reader: _Reader) -> list[tuple[bytes, list[str
             chosen = select_manifest(Index.from_json(raw, media_type or None))
             digest, media_type = chosen.digest, chosen.media_type
         manifest = json.loads(raw)
-        if "config" not in manifest:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
             raise ArchiveError(f"{reader.label}: {digest} is not an image manifest")
         for blob in [manifest["config"], *manifest.get("layers", [])]:
-            _copy_blob(store, reader, _blob_name(blob["digest"]), blob["digest"],
-                       int(blob.get("size", 0)) or None)
+            blob_digest = _checked_digest(reader, blob.get("digest") if isinstance(blob, dict)
+                                          else None)
+            _copy_blob(store, reader, _blob_name(blob_digest), blob_digest,
+                       int(blob.get("size", 0)) or None, added=added)
         out.append((raw, names))
     return out
+
+
+def _checked_digest(reader: _Reader, digest: Any) -> str:
+    """A digest named by the archive, well formed (so its blob path stays in ``blobs/``)."""
+    from sandbox.oci import validate_digest
+
+    try:
+        return validate_digest(digest)
+    except SandboxError:
+        raise ArchiveError(f"{reader.label}: invalid digest {str(digest)[:80]!r}",
+                           hint="the archive is corrupt or hostile") from None
 
 
 def _blob_name(digest: str) -> str:
@@ -285,35 +320,54 @@ def _blob_name(digest: str) -> str:
 
 
 def _read_verified(reader: _Reader, digest: str) -> bytes:
+    digest = _checked_digest(reader, digest)
     with reader.open(_blob_name(digest)) as f:
         data = f.read(_MAX_JSON + 1)
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+    algo = digest.partition(":")[0]
+    if f"{algo}:" + hashlib.new(algo, data).hexdigest() != digest:
         raise DigestMismatch(f"{reader.label}: blob {digest} does not match its digest",
                              hint="the archive is corrupt")
     return data
 
 
 def load(images: ImageStore, src: str | BinaryIO) -> list[Image]:
-    """Load every image of a docker-archive, OCI archive or OCI layout directory."""
+    """Load every image of a docker-archive, OCI archive or OCI layout directory.
+
+    A refused archive leaves nothing: the blobs it brought and the layers it unpacked are
+    removed again (unless an image took them meanwhile)."""
     store = images.store.ensure()
     images.clean_tmp()
-    with store.lock("gc", shared=True), _open_archive(store, src) as reader:
-        if reader.has("manifest.json"):
-            found = _load_docker(images, reader)
-        elif reader.has("index.json"):
-            found = _load_oci(images, reader)
-        else:
-            raise ArchiveError(f"{reader.label} has neither manifest.json nor index.json",
-                               hint="give a docker-archive, an OCI archive or an OCI layout")
-        loaded = []
-        for manifest_bytes, names in found:
-            manifest = json.loads(manifest_bytes)
-            config = json.loads(store.read_blob(manifest["config"]["digest"]))
-            draft = Image(id=manifest["config"]["digest"], manifest_digest="", names=(),
-                          config=config, layers=tuple(manifest.get("layers", [])))
-            images.unpack(draft)
-            media_type = manifest.get("mediaType") or MEDIA_TYPE_OCI_MANIFEST
-            loaded.append(images.add(manifest_bytes, names, media_type=media_type))
+    added: list[str] = []
+    unpacked: list[str] = []
+    try:
+        with store.lock("gc", shared=True), _open_archive(store, src) as reader:
+            return _load_locked(images, reader, added, unpacked)
+    except Exception:
+        if added or unpacked:
+            images.discard(added, unpacked)  # (after the shared gc lock is released)
+        raise
+
+
+def _load_locked(images: ImageStore, reader: _Reader, added: list[str],
+                 unpacked: list[str]) -> list[Image]:
+    store = images.store
+    if reader.has("manifest.json"):
+        found = _load_docker(images, reader, added)
+    elif reader.has("index.json"):
+        found = _load_oci(images, reader, added)
+    else:
+        raise ArchiveError(f"{reader.label} has neither manifest.json nor index.json",
+                           hint="give a docker-archive, an OCI archive or an OCI layout")
+    loaded = []
+    for manifest_bytes, names in found:
+        manifest = json.loads(manifest_bytes)
+        config = json.loads(store.read_blob(manifest["config"]["digest"]))
+        draft = Image(id=manifest["config"]["digest"], manifest_digest="", names=(),
+                      config=config, layers=tuple(manifest.get("layers", [])))
+        unpacked += [c for c in draft.chain_ids if not store.has_layer(c)]
+        images.unpack(draft)
+        media_type = manifest.get("mediaType") or MEDIA_TYPE_OCI_MANIFEST
+        loaded.append(images.add(manifest_bytes, names, media_type=media_type))
     return loaded
 
 

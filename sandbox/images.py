@@ -456,6 +456,27 @@ class ImageStore:
         blobs = self.store.blobs_size(self.store.iter_blobs())
         return blobs + sum(self.store.layer_size(c) for c in self.store.iter_layers())
 
+    def discard(self, blobs: builtins.list[str], chains: builtins.list[str]) -> None:
+        """Undo a refused load: remove the blobs it added and the layers it unpacked that no
+        image references (a concurrent load or pull may have recorded one meanwhile; waiting
+        for ``gc`` means none is between adding and recording)."""
+        with self.store.lock("gc"), self.store.lock("index"):
+            referenced_blobs, referenced_chains = self.referenced()
+            for digest in blobs:
+                if digest not in referenced_blobs:
+                    try:
+                        os.unlink(self.store.blob_path(digest))
+                    except FileNotFoundError:
+                        pass
+            dead = [self.store.layer_dir(c) for c in chains
+                    if c not in referenced_chains and os.path.lexists(self.store.layer_dir(c))
+                    and not _layer_in_use(self.store, c)]
+            if dead:
+                from sandbox._image_layers import remove_dirs
+                from sandbox.runtime.userns import run_in_userns
+
+                run_in_userns(remove_dirs, self.store.root, dead)
+
     def gc(self) -> tuple[int, int]:
         """Remove blobs and unpacked layers no image references; returns the counts.
 

@@ -408,6 +408,11 @@ class Store:
 
     def ingest_file(self, src: BinaryIO) -> tuple[str, int]:
         """Copy an already-open stream into the store; returns (digest, size)."""
+        digest, size, _ = self.ingest_new_file(src)
+        return digest, size
+
+    def ingest_new_file(self, src: BinaryIO) -> tuple[str, int, bool]:
+        """``ingest_file``, also saying whether the store did not have that blob yet."""
         import hashlib
 
         fd, tmp = self.mkstemp(suffix=".blob")
@@ -420,9 +425,10 @@ class Store:
                     size += len(chunk)
                     f.write(chunk)
             digest = "sha256:" + h.hexdigest()
+            new = not self.has_blob(digest)
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.blob_path(digest))
-            return digest, size
+            return digest, size, new
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
