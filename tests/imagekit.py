@@ -1,6 +1,9 @@
-"""Test images made from what the machine has: busybox from Debian's busybox-static.
+"""Test images made from what the machine has: busybox from Debian's busybox-static, and a
+minbase Debian made by mmdebstrap.
 
-No network: a busybox rootfs is a static binary, its applet links and a few files in /etc.
+No network for busybox: its rootfs is a static binary, its applet links and a few files in
+/etc. The Debian tar needs deb.debian.org once per machine (about 40 s with subuid ranges,
+90 s with fakechroot) and is cached under ``$XDG_CACHE_HOME/rootless-sandbox-tests``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-__all__ = ["busybox_path", "make_busybox_rootfs", "make_busybox_tar"]
+__all__ = ["busybox_path", "make_busybox_rootfs", "make_busybox_tar", "debian_mode", "debian_tar",
+           "tests_cache_dir"]
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
@@ -79,3 +83,78 @@ def make_busybox_tar(dest_tar: Path, workdir: Path) -> Path:
         for entry in sorted(os.listdir(root)):
             tar.add(root / entry, arcname=entry, filter=as_root)
     return dest_tar
+
+
+# -- Debian -------------------------------------------------------------------------------------
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
+def tests_cache_dir() -> Path:
+    """Where images that take long to make are kept between test runs (one per machine and
+    user): ``$XDG_CACHE_HOME/rootless-sandbox-tests``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rootless-sandbox-tests"
+
+
+def _has_subuid_ranges() -> bool:
+    import getpass
+
+    user = getpass.getuser()
+    uid = str(os.getuid())
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                if not any(line.split(":")[0] in (user, uid) for line in f if ":" in line):
+                    return False
+        except OSError:
+            return False
+    return shutil.which("newuidmap") is not None and shutil.which("newgidmap") is not None
+
+
+def debian_mode() -> tuple[str | None, str]:
+    """(mmdebstrap ``--mode``, or None, and why not): ``unshare`` with subuid ranges, else
+    ``fakechroot`` (fakechroot and fakeroot installed)."""
+    if shutil.which("mmdebstrap") is None:
+        return None, "mmdebstrap is needed for the Debian image (apt-get install mmdebstrap)"
+    if _has_subuid_ranges():
+        return "unshare", ""
+    if shutil.which("fakechroot") and shutil.which("fakeroot"):
+        return "fakechroot", ""
+    return None, ("the Debian image needs /etc/subuid ranges (mmdebstrap --mode=unshare) or "
+                  "fakechroot and fakeroot (--mode=fakechroot)")
+
+
+def debian_tar(suite: str = DEBIAN_SUITE) -> Path:
+    """A minbase Debian root filesystem tar, made by mmdebstrap from deb.debian.org once per
+    machine and cached (``tests_cache_dir()/debian-<suite>.tar``). A file lock makes
+    concurrent callers (xdist workers, parallel runs) build it once; the tar appears
+    atomically. Raises RuntimeError when it cannot be made (see `debian_mode`)."""
+    import fcntl
+
+    cache = tests_cache_dir()
+    out = cache / f"debian-{suite}.tar"
+    if out.exists():
+        return out
+    mode, why = debian_mode()
+    if mode is None:
+        raise RuntimeError(why)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"debian-{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        partial = cache / f"debian-{suite}.tar.{os.getpid()}.partial"
+        try:
+            proc = subprocess.run(
+                ["mmdebstrap", "--quiet", "--variant=minbase", f"--mode={mode}",
+                 "--format=tar", suite, str(partial), DEBIAN_MIRROR],
+                capture_output=True, text=True, check=False, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"mmdebstrap --mode={mode} {suite} failed: "
+                                   f"{proc.stderr.strip()[-500:]}")
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+    return out
