@@ -534,6 +534,9 @@ def cmd_inspect(argv: list[str]) -> int:
     from sandbox._inspect import format_template
     from sandbox.errors import ContainerNotFound, ImageNotFound
 
+    if args.type not in ("", "container", "image", "volume"):
+        raise UsageError(f"\"--type\" invalid: '{args.type}' is not a valid value for --type",
+                         hint="use container, image or volume")
     engine = _engine()
     results: list[Any] = []
     code = 0
@@ -548,19 +551,18 @@ def cmd_inspect(argv: list[str]) -> int:
                         raise
             if args.type in ("", "image"):
                 try:
-                    img = engine.images.get(ref)
-                    results.append({"Id": img.id, "RepoTags": list(img.names),
-                                    "Created": img.created, "Config": img.run_config,
-                                    "Architecture": img.config.get("architecture"),
-                                    "Os": img.config.get("os"), "Size": img.size,
-                                    "RootFS": img.config.get("rootfs")})
+                    from sandbox.cli._image_info import inspect_image
+
+                    # the very document of `image inspect`, as Docker's plain inspect gives
+                    results.append(inspect_image(engine, engine.images.get(ref)))
                     continue
                 except ImageNotFound:
                     if args.type:
                         raise
             results.append(volumes.inspect_volume(engine, ref))
         except SandboxError:
-            sys.stderr.write(f"sandbox: no such object: {ref}\n")
+            what = {"": "object"}.get(args.type, args.type)
+            sys.stderr.write(f"sandbox: no such {what}: {ref}\n")
             code = 1
     if args.format:
         sys.stdout.write("".join(format_template(args.format, r) + "\n" for r in results))

@@ -148,7 +148,7 @@ def _match_reference(pattern: str, repo: str, tag: str) -> bool:
 _FILTER_KEYS = ("dangling", "reference", "label", "before", "since")
 
 
-def _image_filter(filters: list[str], engine: Any) -> Callable[[Any, str, str], bool]:
+def _image_filter(filters: list[str], engine: Any) -> Callable[..., bool]:
     """Docker's ``--filter`` for images, as one predicate over (image, repository, tag)."""
     parsed: list[tuple[str, str]] = []
     for item in filters:
@@ -165,10 +165,11 @@ def _image_filter(filters: list[str], engine: Any) -> Callable[[Any, str, str], 
             value = engine.images.get(value).created
         parsed.append((key, value))
 
-    def passes(img: Any, repo: str, tag: str) -> bool:
+    def passes(img: Any, repo: str, tag: str, intermediate: bool = False) -> bool:
         labels = img.run_config.get("Labels") or {}
         for key, value in parsed:
-            if key == "dangling" and img.dangling != (value in ("true", "1")):
+            if key == "dangling" and (img.dangling and not intermediate) != (
+                    value in ("true", "1")):
                 return False
             if key == "reference" and not _match_reference(value, repo, tag):
                 return False
@@ -189,11 +190,29 @@ def _repo_of(repo_digest: str) -> str:
     return _split_name(repo_digest.partition("@")[0] + ":x")[0]
 
 
+def _intermediate(images: list[Any]) -> set[str]:
+    """Ids of Docker's intermediate images: untagged ones another image builds on (its layers
+    are a strict prefix of the other's, as a committed or built child's are). Listed only with
+    ``images -a``, and not dangling: removing them would not free their layers."""
+    chains = [tuple(i.chain_ids) for i in images]
+    out = set()
+    for image in images:
+        mine = tuple(image.chain_ids)
+        if image.names or image.builtin or not mine:
+            continue
+        if any(len(c) > len(mine) and c[:len(mine)] == mine for c in chains):
+            out.add(image.id)
+    return out
+
+
 def _image_rows(engine: Any, args: Any) -> list[dict[str, str]]:
     keep = _image_filter(args.filter, engine)
     rows = []
     images = sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
+    intermediate = _intermediate(images)
     for image in images:
+        if image.id in intermediate and not args.all:
+            continue
         pairs = [_split_name(n) for n in image.names] or [("<none>", "<none>")]
         if not image.names and image.repo_digests:
             pairs = [(_repo_of(r), "<none>") for r in image.repo_digests]
@@ -203,7 +222,7 @@ def _image_rows(engine: Any, args: Any) -> list[dict[str, str]]:
             if args.repository and not _match_reference(args.repository, repo, tag) and \
                     args.repository not in (repo, f"{repo}:{tag}"):
                 continue
-            if not keep(image, repo, tag):
+            if not keep(image, repo, tag, image.id in intermediate):
                 continue
             short = image.id if args.no_trunc else image.id[7:19]
             rows.append({"Repository": repo, "Tag": tag, "ID": short,
@@ -216,7 +235,8 @@ def _image_rows(engine: Any, args: Any) -> list[dict[str, str]]:
 
 def cmd_images(argv: list[str]) -> int:
     p = Parser("images", "List images", usage="sandbox images [OPTIONS] [REPOSITORY[:TAG]]")
-    p.add_argument("-a", "--all", action="store_true", help="Show all images")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="Show all images (default hides intermediate images)")
     p.add_argument("-q", "--quiet", action="store_true", help="Only show image IDs")
     p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
     p.add_argument("--digests", action="store_true", help="Show digests")
