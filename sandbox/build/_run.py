@@ -20,7 +20,7 @@ from sandbox.errors import BuildError
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
 from sandbox.store import Store
 
-__all__ = ["RunJob", "run_step"]
+__all__ = ["RunJob", "StepOutcome", "run_step"]
 
 
 @dataclass(frozen=True)
@@ -85,22 +85,31 @@ def _script_mounts(cdir: str, files: Sequence[tuple[str, str]]) -> Iterator[Moun
 
 
 @contextlib.contextmanager
-def _silenced(quiet: bool) -> Iterator[None]:
-    """With ``-q`` the step's output goes nowhere (the container inherits fds 1 and 2)."""
-    if not quiet:
+def _captured(out: int | None) -> Iterator[None]:
+    """With ``-q`` the step's output goes to the file ``out`` (the container inherits fds 1
+    and 2), shown only if the step fails."""
+    if out is None:
         yield
         return
     saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
         yield
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, null):
+        for fd in saved:
             os.close(fd)
+
+
+_OUTPUT_LIMIT = 64 * 1024
+"""How much of a failed step's captured output is kept (its end)."""
+
+
+def _tail(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, _OUTPUT_LIMIT, max(0, size - _OUTPUT_LIMIT))
 
 
 def _commit_run(store_root: str, upper: str, lowers: list[str],
@@ -109,28 +118,42 @@ def _commit_run(store_root: str, upper: str, lowers: list[str],
     return commit_upper(Store(store_root), upper, source_date_epoch)
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    code: int
+    layer: LayerResult | None = None
+    """The committed layer (None: nothing changed, or the step failed)."""
+    output: bytes = b""
+    """With ``quiet``, the end of what a failed step wrote (its stdout and stderr)."""
+
+
 def run_step(engine: Engine, lowers: Sequence[str], job: RunJob, *,
              quiet: bool = False, source_date_epoch: int | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[int, LayerResult | None]:
-    """Run ``job`` on ``lowers``; (exit status, the layer or None when nothing changed).
-    ``progress`` gets Docker's "Running in" and "Removing intermediate container" lines."""
+             progress: Callable[[str], None] | None = None) -> StepOutcome:
+    """Run ``job`` on ``lowers``. ``progress`` gets Docker's "Running in" and "Removing
+    intermediate container" lines; with ``quiet`` the step's output is kept aside and
+    returned only when it fails."""
     from sandbox.runtime.userns import run_in_userns
 
     spec = _create(engine, lowers, job)
     say = progress or (lambda line: None)
     say(f" ---> Running in {spec.id[:12]}")
+    out = os.open(os.path.join(spec.container_dir, "step-output"),
+                  os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600) if quiet else None
     try:
         import sys
 
         sys.stdout.flush()
-        with _silenced(quiet):
+        with _captured(out):
             code = engine.run(spec)
         if code != 0:
-            return code, None
+            return StepOutcome(code, None, _tail(out) if out is not None else b"")
         result = run_in_userns(_commit_run, engine.store.root, spec.rootfs.upper,
                                list(spec.rootfs.lowers), source_date_epoch,
                                [m.target for m in job.mounts], mapping=engine.mapping)
-        return 0, result
+        return StepOutcome(0, result)
     finally:
+        if out is not None:
+            os.close(out)
         engine.remove_dir(spec.id)
         say(f"Removing intermediate container {spec.id[:12]}")

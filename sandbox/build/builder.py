@@ -50,14 +50,23 @@ Progress = Callable[[str], None]
 
 
 class RunStepFailed(BuildError):
-    """A RUN exited non-zero; ``docker build`` exits 1 and names the command."""
+    """A RUN exited non-zero; ``docker build`` exits 1 and names the command.
+
+    ``step`` is the progress line of the step (``Step 3/5 : RUN make``) and ``output`` what
+    it wrote, kept only under ``-q`` (where nothing was shown): the CLI prints both before
+    the error, as ``docker build -q`` prints the failing step's buffered output."""
 
     exit_code = 1
 
-    def __init__(self, command: str, code: int) -> None:
-        super().__init__(f"The command '{command}' returned a non-zero code: {code}")
+    def __init__(self, command: str, code: int, *, line: int = 0, step: str = "",
+                 output: bytes = b"") -> None:
+        where = f"Dockerfile:{line}: " if line else ""
+        super().__init__(f"{where}The command '{command}' returned a non-zero code: {code}")
         self.command = command
         self.code = code
+        self.line = line
+        self.step = step
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,7 @@ class Builder:
         self.cache = BuildCache(engine.store, disabled=options.no_cache)
         self.results: dict[int, ImageState] = {}
         self.step_no = 0
+        self.current_step = ""
         self.total = 0
         self.cached = 0
         self.tmp = ""
@@ -205,7 +215,8 @@ class Builder:
 
     def _announce(self, text: str) -> None:
         self.step_no += 1
-        self._say(f"Step {self.step_no}/{self.total} : {text}")
+        self.current_step = f"Step {self.step_no}/{self.total} : {text}"
+        self._say(self.current_step)
 
     # -- stages -------------------------------------------------------------------------------
     def _build_stage(self, df: Dockerfile, stage: Stage) -> ImageState:
@@ -413,14 +424,14 @@ class Builder:
         job = RunJob(argv=command.argv, env=tuple(env), workdir=state.workdir,
                      user=state.user, network=str(network), files=command.files,
                      mounts=run_mounts(self, step, stage))
-        code, layer = run_step(self.engine, self._lowers(image), job,
-                               quiet=self.options.quiet,
-                               source_date_epoch=self.options.source_date_epoch,
-                               progress=self.progress)
-        shown = " ".join(command.argv)
-        if code != 0:
-            raise RunStepFailed(shown, code)
-        return layer, run_created_by(command.argv, state.arg_env())
+        outcome = run_step(self.engine, self._lowers(image), job,
+                           quiet=self.options.quiet,
+                           source_date_epoch=self.options.source_date_epoch,
+                           progress=self.progress)
+        if outcome.code != 0:
+            raise RunStepFailed(" ".join(command.argv), outcome.code, line=step.line,
+                                step=self.current_step, output=outcome.output)
+        return outcome.layer, run_created_by(command.argv, state.arg_env())
 
     def _copy(self, image: ImageState, stage: _Stage, step: CopyInstruction | AddInstruction,
               prepared: _Prepared) -> tuple[LayerResult | None, str]:

@@ -161,7 +161,7 @@ def cmd_build(argv: list[str]) -> int:
 
 def _build(store: Store, key: ReplayKey, context: str | None, args: Namespace, *,
            record: bool) -> None:
-    from sandbox.build.builder import BuildOptions, build
+    from sandbox.build.builder import BuildOptions, RunStepFailed, build
     from sandbox.cli._build_replay import ReplayRecord, context_signature, save_record
     from sandbox.containers import Engine
 
@@ -172,7 +172,17 @@ def _build(store: Store, key: ReplayKey, context: str | None, args: Namespace, *
         target=key.target, no_cache=args.no_cache, pull=args.pull, platform=key.platform,
         labels=key.labels, network=key.network, quiet=args.quiet,
         source_date_epoch=key.source_date_epoch)
-    result = build(Engine(store), options, None if args.quiet else _print)
+    try:
+        result = build(Engine(store), options, None if args.quiet else _print)
+    except RunStepFailed as exc:
+        if args.quiet:  # nothing was shown: the step and its output, then the error
+            sys.stdout.flush()
+            sys.stderr.write(exc.step + "\n")
+            sys.stderr.flush()
+            out = exc.output
+            sys.stderr.buffer.write(out if not out or out.endswith(b"\n") else out + b"\n")
+            sys.stderr.buffer.flush()
+        raise
     if record and not result.volatile:
         save_record(store, key, ReplayRecord(signature, result.bases, result.manifest_digest,
                                              result.image_id, result.replay_lines,

@@ -233,3 +233,23 @@ def test_invalid_tag_is_refused_before_building(cli, busybox_image: str, tmp_pat
     assert proc.stderr.startswith(f"sandbox: invalid argument {tag!r} for \"-t, --tag\" flag: ")
     assert message in proc.stderr and proc.stderr.count("\n") == 1
     assert _store_files(session_store) == before
+
+
+# -- a failing RUN under -q ---------------------------------------------------------------------
+
+def test_quiet_failing_run_shows_step_line_code_and_its_output(cli, busybox_image: str,
+                                                               tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nRUN echo fine-step\n"
+                   "RUN echo to-stdout; echo to-stderr >&2; exit 3\nRUN echo never\n")
+    proc = _build(cli, "-q", str(ctx), ok=False)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "Step 3/4 : RUN echo to-stdout; echo to-stderr >&2; exit 3",
+        "to-stdout", "to-stderr",
+        "sandbox: Dockerfile:3: The command '/bin/sh -c echo to-stdout; echo to-stderr >&2; "
+        "exit 3' returned a non-zero code: 3"]
+    loud = _build(cli, str(ctx), ok=False)
+    assert "to-stderr" in loud.stderr and "fine-step" in loud.stdout
+    assert loud.stderr.endswith("Dockerfile:3: The command '/bin/sh -c echo to-stdout; echo "
+                                "to-stderr >&2; exit 3' returned a non-zero code: 3\n")
