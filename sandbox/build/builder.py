@@ -314,6 +314,7 @@ class Builder:
 
     def _prepare(self, step: Instruction, stage: _Stage) -> _Prepared:
         if isinstance(step, RunInstruction):
+            self._run_network(step)
             return _Prepared(key=(stage.state.cache_env(), step.network or "",
                                   self.options.network))
         if not isinstance(step, (CopyInstruction, AddInstruction)):
@@ -418,8 +419,7 @@ class Builder:
 
         state = stage.state
         command = run_command(step, state.shell)
-        network = step.network if step.network not in (None, "", "default") else \
-            self.options.network
+        network = self._run_network(step)
         env = state.run_env()
         job = RunJob(argv=command.argv, env=tuple(env), workdir=state.workdir,
                      user=state.user, network=str(network), files=command.files,
@@ -465,6 +465,19 @@ class Builder:
         kind = "multi" if len(prepared.sources) > 1 else (
             "dir" if prepared.sources and prepared.sources[0].is_dir else "file")
         return layer, nop(f"{step.keyword} {kind}:{what} in {dest} ")
+
+    def _run_network(self, step: RunInstruction) -> str:
+        """The network of a RUN: the command line's, or ``--network=none`` to take it away. A
+        Dockerfile cannot grant itself more than the command line did (BuildKit asks for
+        ``--allow network.host`` likewise)."""
+        allowed = self.options.network
+        wanted = step.network
+        if wanted in (None, "", "default"):
+            return allowed
+        if wanted == "host" and allowed != "host":
+            raise BuildError("RUN --network=host needs the host network, which this build "
+                             "does not allow", hint="build with sandbox build --network host")
+        return wanted
 
     def _commit_copy(self, image: ImageState, job: CopyJob) -> LayerResult | None:
         from sandbox.build._copy import run_copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -253,3 +254,20 @@ def test_quiet_failing_run_shows_step_line_code_and_its_output(cli, busybox_imag
     assert "to-stderr" in loud.stderr and "fine-step" in loud.stdout
     assert loud.stderr.endswith("Dockerfile:3: The command '/bin/sh -c echo to-stdout; echo "
                                 "to-stderr >&2; exit 3' returned a non-zero code: 3\n")
+
+
+# -- RUN --network cannot escalate ------------------------------------------------------------
+
+def test_run_network_host_needs_the_command_lines_host_network(cli, busybox_image: str,
+                                                                tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nRUN --network=host ls /sys/class/net > /nets\n"
+                   "RUN --network=none ls /sys/class/net > /none\n"
+                   "CMD [\"cat\", \"/nets\", \"/none\"]\n")
+    proc = _build(cli, str(ctx), ok=False)
+    assert proc.returncode == 125 and proc.stderr.count("\n") == 1
+    assert "Dockerfile:2: RUN --network=host needs the host network" in proc.stderr
+    assert "sandbox build --network host" in proc.stderr
+    assert "Running in" not in proc.stdout
+    _build(cli, "--network", "host", "-t", "net-allowed", str(ctx))
+    host_nets = sorted(os.listdir("/sys/class/net"))
+    assert cli("run", "--rm", "net-allowed").stdout.split() == [*host_nets, "lo"]
