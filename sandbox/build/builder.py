@@ -267,14 +267,28 @@ class Builder:
         try:
             image = self.engine.images.get(ref)
         except ImageNotFound as exc:
-            raise ImageNotFound(f"{exc.message}", hint=f"import or pull {ref} first, or build "
-                                "with --pull") from None
+            if ref in self.pulled:
+                raise
+            image = self._pull_missing(ref, exc)
         try:
             name = str(parse_reference(ref))
         except SandboxError:
             name = ""
         self.bases.add((name if name in image.names else "", image.manifest_digest))
         return image
+
+    def _pull_missing(self, ref: str, missing: SandboxError) -> Any:
+        """A base that is not in the store is pulled, as ``docker build`` does."""
+        from sandbox.errors import ImageNotFound
+
+        try:
+            self._pull(ref)
+        except SandboxError as exc:
+            raise ImageNotFound(f"{missing.message}, and pulling it failed: {exc.message}",
+                                hint=f"check the name, or import or load {ref} first"
+                                ) from None
+        self.pulled.add(ref)
+        return self.engine.images.get(ref)
 
     def _pull(self, ref: str) -> None:
         from sandbox.reference import parse_reference
