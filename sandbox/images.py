@@ -312,12 +312,20 @@ class ImageStore:
             self.store.save_index(index)
 
     def remove(self, ref: str, *, force: bool = False,
-               in_use: set[str] | None = None, gc: bool = True) -> builtins.list[str]:
-        """``rmi``: untag a name, or delete an image by id; returns Docker-style lines."""
+               in_use: set[str] | dict[str, tuple[str, str]] | None = None,
+               gc: bool = True) -> builtins.list[str]:
+        """``rmi``: untag a name, or delete an image by id; returns Docker-style lines.
+
+        ``in_use``: ids of images containers use, or image id -> (container id, status). As
+        Docker: an image a container uses is removed only with ``force``, and never while a
+        container runs it (by name, ``force`` then only untags it)."""
         image = self.get(ref)
         if image.builtin:
             raise SandboxError("the built-in image host cannot be removed")
         by_id = image.id[7:].startswith(ref.removeprefix("sha256:"))
+        user = None
+        if in_use and image.id in in_use:
+            user = in_use[image.id] if isinstance(in_use, dict) else ("", "")
         with self.store.lock("index"):
             index = self.store.load_index()
             entries = index["manifests"]
@@ -326,9 +334,26 @@ class ImageStore:
                 index["manifests"] = [e for e in entries if _name_of(e) != name]
                 self.store.save_index(index)
                 return [f"Untagged: {_familiar(name)}"]
-            if in_use and image.id in in_use and not force:
-                raise SandboxError(f"unable to remove image {ref}: it is used by a container",
-                                   hint="remove the container first or use rmi -f")
+            if user is not None:
+                cid, status = user[0][:12] or "?", user[1]
+                if by_id and (status == "running" or not force):
+                    how = "cannot be forced" if status == "running" else "must be forced"
+                    state = "running" if status == "running" else "stopped"
+                    raise SandboxError(f"conflict: unable to delete {image.id[7:19]} ({how}) - "
+                                       f"image is being used by {state} container {cid}",
+                                       hint=f"remove the container first: sandbox rm -f {cid}")
+                if not force:
+                    raise SandboxError(f'conflict: unable to remove repository reference "{ref}" '
+                                       f"(must force) - container {cid} is using its referenced "
+                                       f"image {image.id[7:19]}",
+                                       hint="remove the container first, or untag it with "
+                                            "rmi -f")
+                if status == "running":  # untagged only: the image stays, as <none>
+                    mine = [e for e in entries if e["digest"] == image.manifest_digest]
+                    index["manifests"] = [e for e in entries if e not in mine] + [
+                        {k: v for k, v in mine[0].items() if k != "annotations"}]
+                    self.store.save_index(index)
+                    return [f"Untagged: {_familiar(n)}" for n in image.names]
             if len(image.names) > 1 and by_id and not force:
                 raise SandboxError(f"unable to delete {image.id[7:19]} (must be forced): "
                                    "image is referenced in multiple repositories",
@@ -342,6 +367,22 @@ class ImageStore:
             self.gc()
         return out
 
+    def intermediate(self, images: builtins.list[Image] | None = None) -> set[str]:
+        """Ids of Docker's intermediate images: untagged ones another image builds on (their
+        layers are a strict prefix of the other's, as a committed or built child's are).
+        ``images`` lists them only with ``-a``; they are not dangling, and ``image prune``
+        keeps them (removing one frees nothing while its child stays)."""
+        images = self.list() if images is None else images
+        chains = [tuple(i.chain_ids) for i in images]
+        out = set()
+        for image in images:
+            mine = tuple(image.chain_ids)
+            if image.names or image.builtin or not mine:
+                continue
+            if any(len(c) > len(mine) and c[:len(mine)] == mine for c in chains):
+                out.add(image.id)
+        return out
+
     def prune(self, *, all_images: bool = False, in_use: set[str] | None = None
               ) -> tuple[builtins.list[str], int]:
         """``image prune``: dangling images (all unused ones with ``all_images``) not used by a
@@ -349,8 +390,10 @@ class ImageStore:
         in_use = in_use or set()
         before = self._footprint()
         lines: builtins.list[str] = []
-        for image in self.list():
-            if image.id in in_use or not (all_images or image.dangling):
+        images = self.list()
+        keep = set() if all_images else self.intermediate(images)
+        for image in images:
+            if image.id in in_use or image.id in keep or not (all_images or image.dangling):
                 continue
             try:
                 lines += [line[0].lower() + line[1:] for line in

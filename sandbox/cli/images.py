@@ -115,15 +115,20 @@ def _changes(items: list[str]) -> dict[str, Any]:
 
 def _in_use(engine: Any) -> dict[str, str]:
     """image id -> status of a container using it (running wins)."""
-    used: dict[str, str] = {}
+    return {image_id: status for image_id, (_, status) in _users(engine).items()}
+
+
+def _users(engine: Any) -> dict[str, tuple[str, str]]:
+    """image id -> (id, status) of a container using it (a running one wins)."""
+    used: dict[str, tuple[str, str]] = {}
     for cid in engine.store.iter_containers():
         try:
             image_id = engine.load_config(cid)["spec"]["image_id"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         status = _container_status(engine.store, cid)
-        if used.get(image_id) != "running":
-            used[image_id] = status
+        if used.get(image_id, ("", ""))[1] != "running":
+            used[image_id] = (cid, status)
     return used
 
 
@@ -190,26 +195,11 @@ def _repo_of(repo_digest: str) -> str:
     return _split_name(repo_digest.partition("@")[0] + ":x")[0]
 
 
-def _intermediate(images: list[Any]) -> set[str]:
-    """Ids of Docker's intermediate images: untagged ones another image builds on (its layers
-    are a strict prefix of the other's, as a committed or built child's are). Listed only with
-    ``images -a``, and not dangling: removing them would not free their layers."""
-    chains = [tuple(i.chain_ids) for i in images]
-    out = set()
-    for image in images:
-        mine = tuple(image.chain_ids)
-        if image.names or image.builtin or not mine:
-            continue
-        if any(len(c) > len(mine) and c[:len(mine)] == mine for c in chains):
-            out.add(image.id)
-    return out
-
-
 def _image_rows(engine: Any, args: Any) -> list[dict[str, str]]:
     keep = _image_filter(args.filter, engine)
     rows = []
     images = sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
-    intermediate = _intermediate(images)
+    intermediate = engine.images.intermediate(images)
     for image in images:
         if image.id in intermediate and not args.all:
             continue
@@ -341,7 +331,7 @@ def cmd_rmi(argv: list[str]) -> int:
     from sandbox.containers import Engine
 
     engine = Engine()
-    in_use = set(_in_use(engine))
+    in_use = _users(engine)
     code = 0
     for ref in args.images:
         try:
