@@ -152,9 +152,12 @@ def test_unknown_layer_media_type(images: ImageStore, fake: FakeRegistry,
 def test_connection_refused_says_so(images: ImageStore, rc: RegistryClient) -> None:
     from registry_fixtures import free_port
 
+    port = free_port()
     with pytest.raises(RegistryError) as info:
-        images.pull(f"127.0.0.1:{free_port()}/x/y:1", client=rc)
-    assert "\n" not in info.value.one_line()
+        images.pull(f"127.0.0.1:{port}/x/y:1", client=rc)
+    line = info.value.one_line()
+    assert "\n" not in line
+    assert "refused" in line.lower() and f"127.0.0.1:{port}" in line, line
     assert store_state(Path(images.store.root))["tmp"] == []
 
 
