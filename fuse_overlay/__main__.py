@@ -43,11 +43,45 @@ def in_user_namespace() -> bool:
     return fields != ["0", "0", "4294967295"]
 
 
-def fuse_kwargs(config: MountConfig) -> dict[str, str | bool]:
+# fuse_main's exit codes (libfuse helper.c)
+_FUSE_MAIN_ERRORS = {
+    1: "invalid libfuse option",
+    2: "no mount point",
+    3: "cannot set up the FUSE session",
+    4: "the mount itself failed (see fusermount's message, if any)",
+    5: "cannot daemonize",
+    6: "cannot set up signal handlers",
+    7: "error in the FUSE event loop",
+}
+
+
+def check_allow_other(config: MountConfig, fuse_conf: str = "/etc/fuse.conf") -> None:
+    """Refuse ``allow_other`` up front where fusermount would: an unprivileged mount outside a
+    user namespace, without ``user_allow_other`` in /etc/fuse.conf."""
+    if "allow_other" not in config.fuse_options or os.getuid() == 0 or in_user_namespace():
+        return
+    try:
+        with open(fuse_conf, encoding="utf-8") as fh:
+            lines = [ln.split("#", 1)[0].strip() for ln in fh]
+    except OSError:
+        lines = []
+    if "user_allow_other" not in lines:
+        raise UsageError(
+            f"option allow_other needs user_allow_other in {fuse_conf} (or a user namespace)"
+        )
+
+
+def fuse_kwargs(config: MountConfig, libfuse_major: int = 3) -> dict[str, str | bool]:
     """Keyword options for ``FUSE(...)``: ours, then the libfuse ones given on the command line."""
     kwargs: dict[str, str | bool] = {"fsname": "fuse-overlay", "subtype": "fuse-overlay"}
     if in_user_namespace():
         kwargs.update(allow_other=True, default_permissions=True)
+    if libfuse_major == 2:
+        from fuse_overlay._fuse import libfuse2_options
+
+        t = config.tuning
+        kwargs.update(libfuse2_options(t.entry_timeout, t.attr_timeout, t.negative_timeout,
+                                       t.kernel_cache, t.max_write))
     kwargs.update(config.fuse_options)
     kwargs.update(
         foreground=True,  # libfuse must not daemonize: we do, to report readiness
@@ -59,12 +93,15 @@ def fuse_kwargs(config: MountConfig) -> dict[str, str | bool]:
 
 
 def serve(config: MountConfig, on_ready: Callable[[], None] | None = None) -> None:
-    """Mount and serve until unmounted (blocks)."""
-    from fuse_overlay._fuse import OverlayFUSE
+    """Mount and serve until unmounted (blocks).
+
+    ``ro`` with an upperdir shows the upper layer too, read-only, as the kernel's overlayfs does.
+    """
+    from fuse_overlay._fuse import LIBFUSE_MAJOR, OverlayFUSE
     from fuse_overlay.layers import LayerStack
     from fuse_overlay.operations import OverlayOperations
 
-    stack = LayerStack(list(config.lowerdirs), None if config.read_only else config.upperdir)
+    stack = LayerStack(list(config.lowerdirs), config.upperdir)
     ops = OverlayOperations(
         stack,
         config.workdir,
@@ -75,7 +112,15 @@ def serve(config: MountConfig, on_ready: Callable[[], None] | None = None) -> No
         on_ready=on_ready,
     )
     os.umask(0)  # the kernel has applied the caller's umask already
-    OverlayFUSE(ops, config.mountpoint, **fuse_kwargs(config))
+    try:
+        OverlayFUSE(ops, config.mountpoint, posix_acl=not config.noacl,
+                    **fuse_kwargs(config, LIBFUSE_MAJOR))
+    except RuntimeError as exc:  # the bindings raise RuntimeError(fuse_main's exit code)
+        code = exc.args[0] if exc.args else None
+        if not isinstance(code, int):
+            raise
+        reason = _FUSE_MAIN_ERRORS.get(code, f"libfuse error {code}")
+        raise RuntimeError(f"cannot mount {config.mountpoint}: {reason}") from None
 
 
 def _notify(fd: int, message: bytes) -> None:
@@ -134,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = parse_args(args)
+        check_allow_other(config)
     except UsageError as exc:
         sys.stderr.write(f"fuse-overlay: {exc}\n")
         return 1
