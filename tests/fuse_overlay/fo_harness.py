@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fo_scenarios  # noqa: E402
 
 KINDS = ("kernel", "fuse", "fuse-overlayfs", "plain")
+LIBFUSE_SEEN: set[str] = set()  # the libfuse each fuse_overlay server had loaded once live
 
 
 def _umount(mnt: Path) -> None:
@@ -88,6 +89,9 @@ def start_fuse_overlay(opts: str, mnt: Path, timeout: float = 30.0) -> subproces
         proc.kill()
         proc.wait()
         raise RuntimeError(f"fuse_overlay did not mount: {Path(f'{mnt}.log').read_text()}")
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    LIBFUSE_SEEN.update(os.path.basename(ln.split()[-1]) for ln in maps.splitlines()
+                        if "/libfuse" in ln)
     return proc
 
 
@@ -114,6 +118,8 @@ def run_scenarios(root: Path, kinds: list[str], names: list[str]) -> dict[str, d
                 continue
             base = root / kind / name
             lowers, upper, work, mnt = prepare(base, sc.layers)
+            if sc.upper_tree:
+                fo_scenarios.build(upper, sc.upper_tree)
             if not sc.upper:
                 upper = work = None
             try:
@@ -207,6 +213,166 @@ def run_cli(root: Path) -> dict[str, Any]:
     return out
 
 
+def command_pids(mnt: Path) -> list[int]:
+    """Pids of fuse_overlay servers (module or console script) whose command line names *mnt*."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = b"fuse_overlay" in args or any(a.endswith(b"/fuse-overlay") for a in args)
+        if ours and str(mnt).encode() in args:
+            pids.append(int(entry))
+    return pids
+
+
+def _wait(cond: Any, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+FSYNC_SPY = """
+import os, sys
+log = open(sys.argv[1], "a", buffering=1)
+for name in ("fsync", "fdatasync"):
+    def spy(fd, _real=getattr(os, name), _name=name):
+        log.write(_name + "\\n")
+        return _real(fd)
+    setattr(os, name, spy)
+from fuse_overlay.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def fsyncs_reaching_upper(root: Path, extra: str) -> dict[str, Any]:
+    """fsync and fdatasync through the mount; the calls the server made on its upper files."""
+    lowers, upper, work, mnt = prepare(root, [fo_scenarios.BASE])
+    log = root / "fsync.log"
+    log.touch()
+    opts = f"lowerdir={lowers[0]},upperdir={upper},workdir={work}" + extra
+    start = subprocess.run([sys.executable, "-c", FSYNC_SPY, str(log), "-o", opts, str(mnt)],
+                           capture_output=True, text=True, timeout=60)
+    try:
+        fd = os.open(mnt / "synced", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"data\n")
+        os.fsync(fd)
+        os.write(fd, b"more\n")
+        os.fdatasync(fd)
+        os.close(fd)
+        with open(mnt / "a", "r+b") as fh:  # a copied-up lower file
+            fh.write(b"A")
+            os.fsync(fh.fileno())
+    finally:
+        _umount(mnt)
+    _wait(lambda: not command_pids(mnt))
+    return {"rc": start.returncode, "calls": log.read_text().split(),
+            "upper": (upper / "synced").read_text(), "a": (upper / "a").read_text()}
+
+
+def run_options(root: Path) -> dict[str, Any]:
+    """-d, the console script, fusermount3 -u, volatile."""
+    out: dict[str, Any] = {}
+    lowers, upper, work, mnt = prepare(root / "debug", [fo_scenarios.TOP, fo_scenarios.BASE])
+    opts = f"lowerdir={lowers[0]}:{lowers[1]},upperdir={upper},workdir={work}"
+    with open(root / "debug.err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fuse_overlay", "-d", "-o", opts, str(mnt)],
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    mounted_ = _wait(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30)
+    out["debug_mounted"] = mounted_ and os.path.ismount(mnt)
+    if out["debug_mounted"]:
+        (mnt / "a").read_text()
+        out["debug_foreground"] = proc.poll() is None  # -d implies -f: still serving
+        _umount(mnt)
+    try:
+        out["debug_rc"] = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out["debug_rc"] = proc.wait()
+    err_text = (root / "debug.err").read_text(errors="replace")
+    out["debug_libfuse_trace"] = "opcode: LOOKUP" in err_text and "opcode: INIT" in err_text
+
+    script = Path(sys.executable).parent / "fuse-overlay"
+    out["script_exists"] = script.is_file() and os.access(script, os.X_OK)
+    if out["script_exists"]:
+        lowers, upper, work, mnt = prepare(root / "script", [fo_scenarios.TOP, fo_scenarios.BASE])
+        opts = f"lowerdir={lowers[0]}:{lowers[1]},upperdir={upper},workdir={work}"
+        run = subprocess.run([str(script), "-o", opts, str(mnt)], capture_output=True, text=True,
+                             timeout=60)
+        out["script_rc"] = run.returncode
+        out["script_live"] = os.path.ismount(mnt) and (mnt / "a").read_text() == "top a\n"
+        out["script_server"] = bool(command_pids(mnt))
+        fm = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, text=True)
+        out["fusermount3_rc"] = [fm.returncode, fm.stderr.strip()]
+        out["server_exited_after_fusermount3"] = _wait(lambda: not command_pids(mnt))
+        out["unmounted_after_fusermount3"] = not os.path.ismount(mnt)
+        if os.path.ismount(mnt):
+            _umount(mnt)
+    out["fsync_default"] = fsyncs_reaching_upper(root / "fsync", "")
+    out["fsync_volatile"] = fsyncs_reaching_upper(root / "volatile", ",volatile")
+    return out
+
+
+def run_multiuid(root: Path) -> dict[str, Any]:
+    """Other uids of the user namespace through the mount: explicit allow_other, ACLs enforced.
+
+    Works in a fresh directory under the temporary directory: uid 1000 cannot pass *root*'s
+    private ancestors (pytest makes them 0700)."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="fo-multiuid-"))
+    try:
+        shared.chmod(0o755)
+        return _multiuid(shared)
+    finally:
+        make_removable(shared)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _multiuid(root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for extra in ("allow_other", "noacl"):
+        lowers, upper, work, mnt = prepare(root / extra, [fo_scenarios.TOP, fo_scenarios.BASE])
+        for path in (root / extra, *lowers, upper, mnt):
+            path.chmod(0o755)
+        (lowers[1] / "secret").write_text("s\n")
+        (lowers[1] / "secret").chmod(0o600)
+        opts = f"lowerdir={lowers[0]}:{lowers[1]},upperdir={upper},workdir={work},{extra}"
+        proc = start_fuse_overlay(opts, mnt)
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+            line = next((ln for ln in mountinfo if f" {mnt} " in ln), "")
+
+            def as_1000(*cmd: str) -> list[Any]:
+                p = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                                    *cmd], capture_output=True, text=True)
+                return [p.returncode, p.stdout]
+
+            acl = fo_scenarios.posix_acl((1, 6, 0xFFFFFFFF), (2, 4, 1000), (4, 0, 0xFFFFFFFF),
+                                         (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))
+            before = as_1000("cat", str(mnt / "secret"))
+            setacl = fo_scenarios.res(lambda m=mnt, v=acl: os.setxattr(
+                m / "secret", "system.posix_acl_access", v))
+            out[extra] = {
+                "allow_other": "allow_other" in line,
+                "ls": as_1000("ls", str(mnt)),
+                "cat": as_1000("cat", str(mnt / "a")),
+                "secret_before_acl": before[0] != 0,
+                "setacl": setacl,
+                "secret_after_acl": as_1000("cat", str(mnt / "secret")),
+            }
+        finally:
+            _umount(mnt)
+            proc.wait(timeout=20)
+    return out
+
+
 def stdlib_tar(path: Path) -> Path:
     """A tar of this Python's standard library (no caches, no site-packages), owned by 0."""
     import tarfile
@@ -264,10 +430,15 @@ def main() -> int:
     if request["mode"] == "scenarios":
         names = request.get("names") or sorted(fo_scenarios.SCENARIOS)
         answer: Any = run_scenarios(root, request["kinds"], names)
+        answer["_libfuse"] = sorted(LIBFUSE_SEEN)
     elif request["mode"] == "workload":
         answer = run_workload(root, request["kinds"])
     elif request["mode"] == "cli":
         answer = run_cli(root)
+    elif request["mode"] == "options":
+        answer = run_options(root)
+    elif request["mode"] == "multiuid":
+        answer = run_multiuid(root)
     elif request["mode"] == "compat":
         answer = run_compat(root, request["pairs"], request["name"])
     else:

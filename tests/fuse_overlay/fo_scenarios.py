@@ -23,10 +23,11 @@ SCENARIOS: dict[str, Scenario] = {}
 class Scenario:
     def __init__(
         self, layers: list[Tree], fn: Callable[[Path], Any], plain: bool, oracle: str,
-        extra: str, upper: bool, expect: Any,
+        extra: str, upper: bool, expect: Any, upper_tree: Tree | None = None,
     ) -> None:
         self.layers, self.fn, self.plain, self.oracle = layers, fn, plain, oracle
         self.extra, self.upper, self.expect = extra, upper, expect
+        self.upper_tree = upper_tree
 
     def runs_on(self, kind: str) -> bool:
         if kind == "plain":
@@ -58,20 +59,21 @@ TOP: Tree = {
 
 def scenario(
     *layers: Tree, plain: bool = True, oracle: str = "kernel", extra: str = "",
-    upper: bool = True, expect: Any = None,
+    upper: bool = True, expect: Any = None, upper_tree: Tree | None = None,
 ) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
     """Register a scenario over lower *layers* (top first).
 
     ``plain=False``: a plain directory cannot act it out; *oracle*: the implementation whose
     observation fuse_overlay must match (the kernel, or fuse-overlayfs for formats the kernel
     does not read, or "expect" to compare with the literal *expect*); *extra*: more mount
-    options (fuse implementations only); ``upper=False``: a read-only union.
+    options (fuse implementations only, unless the oracle is the kernel); ``upper=False``: a
+    read-only union; *upper_tree*: what the upper directory holds before mounting.
     """
 
     def register(fn: Callable[[Path], Any]) -> Callable[[Path], Any]:
         name = fn.__name__.replace("_", "-")
         SCENARIOS[name] = Scenario(
-            list(layers) or [TOP, BASE], fn, plain, oracle, extra, upper, expect
+            list(layers) or [TOP, BASE], fn, plain, oracle, extra, upper, expect, upper_tree
         )
         return fn
 
@@ -86,6 +88,10 @@ def build(root: Path, tree: Tree) -> None:
             path.mkdir(exist_ok=True)
         elif isinstance(value, tuple) and value[0] == "whiteout":
             os.mknod(path, stat.S_IFCHR, 0)
+        elif isinstance(value, tuple) and value[0] == "sparse":
+            with open(path, "wb") as fh:  # a hole, then data at value[1]
+                fh.seek(value[1])
+                fh.write(value[2].encode())
         elif isinstance(value, tuple):
             os.symlink(value[1], path)
         else:
@@ -94,6 +100,8 @@ def build(root: Path, tree: Tree) -> None:
         os.chmod(root / "exe", 0o755)
     if tree is OPQ_TOP:
         os.setxattr(root / "opq", "user.overlay.opaque", b"y")
+    if tree is FOPQ_TOP:
+        os.setxattr(root / "opq", "user.fuseoverlayfs.opaque", b"y")
     if tree is OVR_BASE:
         os.setxattr(root / "f", "user.containers.override_stat", b"0:0:0640")
         os.setxattr(root / "d", "user.containers.override_stat", b"0:0:0700")
@@ -613,3 +621,167 @@ def rename_noreplace_touch_omit_punch(m: Path) -> Any:
     st = os.stat(m / "b")
     return [(m / "a").read_text(), (m / "only_top").exists(), st.st_atime_ns, st.st_mtime_ns,
             len(data), data[4096:4100].hex(), data[:4].decode()]
+
+
+# -- options with an effect on the union ---------------------------------------------------------
+
+RO_UPPER: Tree = {"a": "upper a\n", "only_upper": "u\n", "dir/": None, "dir/x": ("whiteout",)}
+
+
+@scenario(plain=False, extra="ro", upper_tree=RO_UPPER)
+def readonly_with_upper(m: Path) -> Any:
+    """``-o ro`` with an upperdir: the upper layer is part of the union, nothing can change."""
+    return [
+        (m / "a").read_text(),
+        (m / "only_upper").read_text(),
+        sorted(os.listdir(m)),
+        sorted(os.listdir(m / "dir")),
+        res(lambda: (m / "b").write_text("x")),
+        res(lambda: os.open(m / "a", os.O_RDWR)),
+        res(lambda: os.mkdir(m / "new")),
+        res(lambda: os.unlink(m / "only_upper")),
+        res(lambda: os.setxattr(m / "a", "user.k", b"v")),
+        res(lambda: os.utime(m / "a", ns=(1, 1))),
+    ]
+
+
+def posix_acl(*entries: tuple[int, int, int]) -> bytes:
+    """The ``system.posix_acl_*`` xattr value: version 2, then (tag, perm, id) per entry."""
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+# tags: USER_OBJ 1, USER 2, GROUP_OBJ 4, GROUP 8, MASK 0x10, OTHER 0x20; id -1 where unused
+ACL_READ_FOR_ROOT = posix_acl((1, 6, 0xFFFFFFFF), (2, 4, 0), (4, 4, 0xFFFFFFFF),
+                              (0x10, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))
+
+
+def acl_observation(m: Path) -> Any:
+    def get(path: Path, name: str) -> Any:
+        return res(lambda: os.getxattr(path, name).hex())
+
+    out = [res(lambda: os.setxattr(m / "a", "system.posix_acl_access", ACL_READ_FOR_ROOT)),
+           get(m / "a", "system.posix_acl_access"), oct(os.stat(m / "a").st_mode),
+           res(lambda: os.setxattr(m / "dir", "system.posix_acl_default", ACL_READ_FOR_ROOT))]
+    (m / "dir/new").write_text("n")
+    out += [get(m / "dir/new", "system.posix_acl_access"), oct(os.stat(m / "dir/new").st_mode)]
+    return out
+
+
+@scenario(plain=False)
+def acl_on_by_default(m: Path) -> Any:
+    """POSIX ACLs are on unless ``noacl`` (fuse-overlayfs asks libfuse 3 for FUSE_CAP_POSIX_ACL):
+    a user namespace's kernel refuses ``system.posix_acl_*`` on a FUSE mount without it."""
+    return acl_observation(m)
+
+
+@scenario(plain=False, oracle="fuse-overlayfs", extra="noacl")
+def acl_off_with_noacl(m: Path) -> Any:
+    return acl_observation(m)
+
+
+# -- opacity, access, links and holes ------------------------------------------------------------
+
+FOPQ_TOP: Tree = {"opq/": None, "opq/new": "n"}
+FOPQ_BASE: Tree = {"opq/": None, "opq/old": "o", "opq/sub/": None, "opq/sub/f": "f", "keep": "k"}
+
+
+@scenario(FOPQ_TOP, FOPQ_BASE, plain=False, oracle="fuse-overlayfs")
+def opaque_fuseoverlayfs_xattr_lower(m: Path) -> Any:
+    """``user.fuseoverlayfs.opaque=y`` (what fuse-overlayfs writes in a user namespace) on a
+    lower directory hides the directories below it."""
+    return [snapshot(m), res(lambda: os.lstat(m / "opq/old")), sorted(os.listdir(m / "opq"))]
+
+
+@scenario()
+def access(m: Path) -> Any:
+    os.chmod(m / "b", 0o400)
+    (m / "new").write_text("n")
+    names = ("a", "b", "exe", "dir", "dir/x", "new", "link", "broken", "nope", "dir/nope")
+    modes = {"F": os.F_OK, "R": os.R_OK, "W": os.W_OK, "X": os.X_OK, "RWX": 7}
+    return {n: {k: os.access(m / n, v) for k, v in modes.items()} for n in names}
+
+
+@scenario()
+def mmap_hard_linked(m: Path) -> Any:
+    """A shared writable mapping of a file that has another name; the other name sees it."""
+    import mmap
+
+    os.link(m / "dir/x", m / "x2")
+    with open(m / "x2", "r+b") as fh:
+        mapped = res(lambda: mmap.mmap(fh.fileno(), 0))
+        if isinstance(mapped, mmap.mmap):
+            mapped[0:1] = b"Z"
+            mapped.flush()
+            mapped.close()
+            mapped = "ok"
+    with open(m / "dir/x", "rb") as fh:
+        private = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        seen = private[:]
+        private.close()
+    return [mapped, (m / "dir/x").read_text(), seen.decode(), os.stat(m / "dir/x").st_nlink]
+
+
+def upper_tree(m: Path) -> list[Any]:
+    """What the upper directory holds: (path, kind), whiteouts of either format named so."""
+    upper = m.parent / "u"
+    out = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            whiteout = (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0) or name.startswith(".wh.")
+            kind = "whiteout" if whiteout else stat.filemode(st.st_mode)[0]
+            out.append((os.path.relpath(path, upper), kind))
+    return out
+
+
+@scenario(plain=False)
+def no_stray_whiteouts(m: Path) -> Any:
+    """Unlink and rmdir of upper-only names leave no whiteouts; lower names get exactly one."""
+    (m / "newfile").write_text("n")
+    (m / "dir/newfile").write_text("n")
+    os.makedirs(m / "n1/n2/n3")
+    os.makedirs(m / "dir/sub/new/deeper")
+    (m / "n1/n2/f").write_text("f")
+    os.unlink(m / "newfile")
+    os.unlink(m / "dir/newfile")
+    os.unlink(m / "n1/n2/f")
+    for d in ("n1/n2/n3", "n1/n2", "n1", "dir/sub/new/deeper", "dir/sub/new"):
+        os.rmdir(m / d)
+    os.unlink(m / "b")
+    return [upper_tree(m), sorted(os.listdir(m))]
+
+
+SPARSE_BASE: Tree = {"sparse": ("sparse", 64 << 20, "tail"), "small": "s"}
+
+
+@scenario(SPARSE_BASE, plain=False)
+def sparse_lower_copyup(m: Path) -> Any:
+    """Copy-up of a lower sparse file keeps its holes: as few blocks after as before."""
+    before = os.stat(m / "sparse")
+    os.chmod(m / "sparse", 0o640)  # a metadata change copies the whole file up
+    with open(m / "sparse", "r+b") as fh:
+        fh.seek(1 << 20)
+        fh.write(b"mid")
+    after = os.stat(m / "sparse")
+    upper = os.stat(m.parent / "u" / "sparse")
+    with open(m / "sparse", "rb") as fh:
+        fh.seek(64 << 20)
+        tail = fh.read()
+    return [before.st_size, after.st_size, before.st_blocks, after.st_blocks, upper.st_blocks,
+            tail.decode()]
+
+
+@scenario(oracle="plain")
+def rename_lower_direct(m: Path) -> Any:
+    """``rename(2)`` itself (no ``mv`` fallback) on lower files and directories: fuse_overlay
+    does better than the EXDEV of the kernel and of fuse-overlayfs for directories, so a plain
+    directory is the oracle."""
+    out = [res(lambda: os.rename(m / "b", m / "b-moved")),
+           res(lambda: os.rename(m / "dir", m / "dir-moved")),
+           res(lambda: os.rename(m / "empty", m / "dir-moved/empty2")),
+           res(lambda: os.rename(m / "dir-moved/sub", m / "sub-moved"))]
+    return [out, snapshot(m)]

@@ -65,11 +65,19 @@ def fuse_overlayfs_reason() -> str | None:
     return fuse_reason()
 
 
-def run_harness(request: dict[str, Any], *, check: bool = True, timeout: float = 600) -> Any:
-    """Run fo_harness.py in a fresh user+mount namespace; its JSON answer."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+# root mapped to the caller, uids and gids 1..65536 to its /etc/subuid and /etc/subgid ranges
+MULTI_UID = ["--map-root-user", "--map-users=auto", "--map-groups=auto", "-m"]
+
+
+def run_harness(
+    request: dict[str, Any], *, check: bool = True, timeout: float = 600,
+    env: dict[str, str] | None = None, unshare: list[str] | None = None,
+) -> Any:
+    """Run fo_harness.py in a fresh user+mount namespace (``unshare -Urm`` unless *unshare*
+    gives other flags; *env* added); its JSON answer."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {}))
     proc = subprocess.run(
-        ["unshare", "-Urm", sys.executable, str(HARNESS)],
+        ["unshare", *(unshare or ["-Urm"]), sys.executable, str(HARNESS)],
         input=json.dumps(request), capture_output=True, text=True, timeout=timeout, env=env,
     )
     if proc.returncode:
@@ -77,3 +85,28 @@ def run_harness(request: dict[str, Any], *, check: bool = True, timeout: float =
             raise AssertionError(f"harness failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return None
     return json.loads(proc.stdout)
+
+
+def binding_reason(binding: str) -> str | None:
+    """Why fuse_overlay cannot load *binding* (FUSE_OVERLAY_BINDING), or None."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fuse_overlay._fuse as f; print(f.BINDING)"],
+        capture_output=True, text=True, env=dict(os.environ, FUSE_OVERLAY_BINDING=binding),
+    )
+    if proc.returncode or proc.stdout.strip() != binding:
+        last = (proc.stderr.strip().splitlines() or [proc.stdout.strip()])[-1]
+        return f"{binding} is not importable here: {last}"
+    return None
+
+
+@functools.cache
+def multi_uid_reason() -> str | None:
+    """Why a user namespace with more than one uid cannot be made here, or None."""
+    reason = userns_reason()
+    if reason:
+        return reason
+    proc = subprocess.run(["unshare", *MULTI_UID, "cat", "/proc/self/uid_map"],
+                          capture_output=True, text=True)
+    if proc.returncode or len(proc.stdout.splitlines()) < 2:
+        return f"no subordinate uid range for this user: {proc.stderr.strip()}"
+    return None
