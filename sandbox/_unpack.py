@@ -402,7 +402,7 @@ class _Unpacker:
 
 
 def _os_error(exc: OSError, name: str) -> SandboxError:
-    hint = {errno.ENOSPC: "free some disk space and pull again",
+    hint = {errno.ENOSPC: "free some disk space, then retry",
             errno.EDQUOT: "the disk quota is exhausted; free some space",
             errno.ENAMETOOLONG: "the image has a path this filesystem cannot hold"}.get(
         exc.errno or 0, "unpack into a filesystem of your own, e.g. under $XDG_DATA_HOME")
