@@ -41,7 +41,8 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
             if stderr_fd is not None:
                 os.dup2(stderr_fd, 2)
             argv = command(lowers, mountpoint, upperdir=upper, workdir=work, ready_fd=ready_w,
-                           die_with_parent=True)
+                           die_with_parent=True,
+                           options=["squash_to_root"] if _maps_one_uid() else [])
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
@@ -62,6 +63,18 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
         raise OSError(errno.EIO, "fuse_overlay could not mount the root filesystem "
                       f"(exit status {code})", mountpoint)
     return pid
+
+
+def _maps_one_uid() -> bool:
+    """True in a user namespace that maps a single uid (no subordinate range). Owners an image
+    recorded (chown refused, so ``override_stat`` xattrs) have no uid to be shown as there, and
+    would show as nobody, where kernel overlay and copy show root: squash to root, as they."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    return len(lines) == 1 and lines[0].split()[2:] == ["1"]
 
 
 def _read_ready(fd: int, timeout: float | None) -> bytes | None:

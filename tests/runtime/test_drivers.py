@@ -37,6 +37,20 @@ def test_every_driver_gives_a_private_writable_root(cli, busybox_image, driver):
 
 
 @pytest.mark.requires_fuse
+def test_every_driver_shows_the_same_owners(cli, busybox_image):
+    """The image's /home/app belongs to 1000. With subordinate ranges every driver shows 1000;
+    in single-uid mode (no uid 1000 to show) kernel overlay and copy show root, and so must
+    fuse, rather than nobody, which root in the container could not write to."""
+    script = "ls -ldn /home/app /etc/passwd | awk '{print $1, $3, $4, $NF}'; touch /home/app/x"
+    seen = {}
+    for driver in ("overlay", "fuse", "copy"):
+        r = cli("run", "--rm", "--storage-driver", driver, busybox_image, "sh", "-c", script)
+        seen[driver] = (r.returncode, r.stdout, r.stderr)
+    assert seen["overlay"][0] == 0, seen
+    assert all(v == seen["overlay"] for v in seen.values()), seen
+
+
+@pytest.mark.requires_fuse
 def test_fuse_driver_mounts_fuse_overlay_as_root(cli, busybox_image):
     r = cli("run", "--rm", "--storage-driver", "fuse", busybox_image, "sh", "-c",
             "grep ' / ' /proc/mounts; ps -o args")
