@@ -54,9 +54,10 @@ def finish_layer(store: Store, tmp: str, chain_id: str, diff_id: str, parent: st
 class _HashingReader:
     """Hashes what is read through it (the uncompressed layer, for its diff id)."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, algo: str = "sha256") -> None:
         self.raw = raw
-        self.hash = hashlib.sha256()
+        self.algo = algo
+        self.hash = hashlib.new(algo)
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
@@ -74,7 +75,7 @@ class _HashingReader:
     def drain(self) -> str:
         while self.read(1 << 20):
             pass
-        return "sha256:" + self.hash.hexdigest()
+        return f"{self.algo}:" + self.hash.hexdigest()
 
 
 def _unpack_one(store: Store, digest: str, diff_id: str, dest: str, owners: str) -> Any:
@@ -83,7 +84,7 @@ def _unpack_one(store: Store, digest: str, diff_id: str, dest: str, owners: str)
     with store.open_blob(digest) as f:
         raw = layers.open_decompressed(f)
         try:
-            hashed = _HashingReader(raw)
+            hashed = _HashingReader(raw, diff_id.partition(":")[0] or "sha256")
             stats = layers.unpack_layer(hashed, dest, owners=owners)  # type: ignore[arg-type]
             actual = hashed.drain()
         finally:

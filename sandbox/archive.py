@@ -206,7 +206,8 @@ def _copy_blob(store: Store, reader: _Reader, name: str, digest: str | None,
 def _blob_digest_of_name(name: str) -> str | None:
     """``blobs/sha256/<hex>`` → ``sha256:<hex>`` (Docker 25+ names); else None."""
     parts = os.path.normpath(name).split("/")
-    if len(parts) == 3 and parts[0] == "blobs" and len(parts[2]) == 64:
+    if len(parts) == 3 and parts[0] == "blobs" and \
+            len(parts[2]) == {"sha256": 64, "sha512": 128}.get(parts[1]):
         return f"{parts[1]}:{parts[2]}"
     return None
 
@@ -411,7 +412,8 @@ def _uncompressed_layer(store: Store, w: _Writer, digest: str, diff_id: str) -> 
 
     fd, tmp = store.mkstemp(suffix=".layer.tar")
     try:
-        h = hashlib.sha256()
+        algo = diff_id.partition(":")[0]
+        h = hashlib.new(algo)
         size = 0
         with store.open_blob(digest) as f, os.fdopen(fd, "w+b") as out:
             stream = open_decompressed(f)
@@ -422,7 +424,7 @@ def _uncompressed_layer(store: Store, w: _Writer, digest: str, diff_id: str) -> 
                     out.write(chunk)
             finally:
                 stream.close()
-            if "sha256:" + h.hexdigest() != diff_id:
+            if f"{algo}:" + h.hexdigest() != diff_id:
                 raise DigestMismatch(f"layer {digest} does not uncompress to {diff_id}",
                                      hint="the image is corrupt; remove it and pull it again")
             if name not in w.written:

@@ -3,7 +3,8 @@
 Layout (see DESIGN.md "On disk")::
 
     $SANDBOX_ROOT/
-      version, oci-layout, index.json, blobs/sha256/<hex>   content store (an OCI image layout)
+      version, oci-layout, index.json, blobs/sha256/<hex>   content store (an OCI image layout;
+                                                            blobs/sha512/<hex> for sha512 ones)
       layers/<chain-hex>/{diff/, meta.json}                 unpacked layers, shared
       containers/<id>/...                                   one directory per container
       volumes/<name>/
@@ -90,11 +91,24 @@ def default_root() -> str:
     return os.path.join(data, "sandbox")
 
 
-def _hex(digest: str) -> str:
+_HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the algorithms the OCI image spec registers
+
+
+def _split(digest: str) -> tuple[str, str]:
+    """(algorithm, hex) of a digest the store can hold, else ``StoreError``."""
     algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise StoreError(f"invalid digest {digest!r}", hint="expected sha256:<64 hex digits>")
-    return hexpart
+    length = _HEX_LENGTHS.get(algo)
+    if length is None:
+        raise StoreError(f"unsupported digest algorithm {algo!r} in {digest[:80]!r}",
+                         hint="sha256 and sha512 are supported")
+    if len(hexpart) != length or any(c not in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"invalid digest {digest[:80]!r}",
+                         hint=f"expected {algo}:<{length} lowercase hex digits>")
+    return algo, hexpart
+
+
+def _hex(digest: str) -> str:
+    return _split(digest)[1]
 
 
 def _on_rm_error(func: Any, path: str, exc: Any) -> None:
@@ -184,7 +198,8 @@ class Store:
         return self.path("tmp")
 
     def blob_path(self, digest: str) -> str:
-        return self.path("blobs", "sha256", _hex(digest))
+        algo, hexpart = _split(digest)
+        return self.path("blobs", algo, hexpart)
 
     def layer_dir(self, chain_id: str) -> str:
         return self.path("layers", _hex(chain_id))
@@ -375,8 +390,11 @@ class Store:
         import hashlib
 
         target = self.blob_path(digest)
+        algo = digest.partition(":")[0]
+        if algo != "sha256":
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         fd, tmp = self.mkstemp(suffix=".blob")
-        h = hashlib.sha256()
+        h = hashlib.new(algo)
         written = 0
         try:
             with os.fdopen(fd, "wb") as f:
@@ -389,7 +407,7 @@ class Store:
                     f.write(chunk)
             if size is not None and written != size:
                 raise DigestMismatch(f"blob {digest} is truncated: got {written} of {size} bytes")
-            actual = "sha256:" + h.hexdigest()
+            actual = f"{algo}:" + h.hexdigest()
             if actual != digest:
                 raise DigestMismatch(f"blob content hashes to {actual}, expected {digest}")
             os.chmod(tmp, 0o644)
@@ -442,13 +460,14 @@ class Store:
             raise
 
     def iter_blobs(self) -> Iterator[str]:
-        try:
-            names = os.listdir(self.path("blobs", "sha256"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if len(name) == 64:
-                yield "sha256:" + name
+        for algo, length in _HEX_LENGTHS.items():
+            try:
+                names = os.listdir(self.path("blobs", algo))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if len(name) == length:
+                    yield f"{algo}:{name}"
 
     # -- index.json ---------------------------------------------------------------------------
     def load_index(self) -> dict[str, Any]:
@@ -479,6 +498,8 @@ class Store:
         for name in names:
             if len(name) == 64:
                 yield "sha256:" + name
+            elif len(name) == 128:  # a first layer whose diff id is sha512
+                yield "sha512:" + name
 
     def blobs_size(self, digests: Iterable[str]) -> int:
         total = 0

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imagetest_helpers import broken_route, serve_image, store_state, tar_with
@@ -334,3 +335,63 @@ def test_tls_failure_names_the_host_and_the_fix(images: ImageStore, registries: 
     line = info.value.one_line()
     assert "TLS failure" in line and f"certs.d/{reg.host}/ca.crt" in line
     assert store_state(Path(images.store.root))["names"] == []
+
+
+def _sha512_image(files: list[dict[str, bytes]]) -> Any:
+    """An image whose config, layers and diff ids are all named by sha512 digests."""
+    import gzip
+    import hashlib
+
+    from registry_fixtures import Image, make_tar
+
+    def d512(data: bytes) -> str:
+        return "sha512:" + hashlib.sha512(data).hexdigest()
+
+    tars = [make_tar(f) for f in files]
+    blobs = [gzip.compress(t, mtime=0) for t in tars]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [d512(t) for t in tars]}
+                         }).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": d512(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": d512(b), "size": len(b)} for b in blobs]}).encode()
+    img = Image(manifest, "application/vnd.oci.image.manifest.v1+json", config, blobs)
+    img.blobs = {d512(b): b for b in [config, *blobs]}
+    img.blobs[digest_of(manifest)] = manifest
+    return img
+
+
+def test_sha512_digests_are_verified_and_stored(images: ImageStore, fake: FakeRegistry,
+                                                rc: RegistryClient, tmp_path: Path) -> None:
+    from sandbox import archive
+
+    img = _sha512_image([{"etc/one": b"1\n"}, {"etc/two": b"2\n"}])
+    serve_image(fake, "lib/sha512", img)
+    image, _ = images.pull(f"{fake.host}/lib/sha512", client=rc)
+    assert image.id.startswith("sha512:") and image.diff_ids[0].startswith("sha512:")
+    assert _layer_file(images, image.chain_ids[0], "etc/one") == b"1\n"
+    assert _layer_file(images, image.chain_ids[1], "etc/two") == b"2\n"
+    root = Path(images.store.root)
+    assert len(os.listdir(root / "blobs" / "sha512")) == 3
+    for fmt in ("docker-archive", "oci-archive"):
+        out = tmp_path / f"{fmt}.tar"
+        with open(out, "wb") as f:
+            archive.save(images, [f"{fake.host}/lib/sha512"], f, fmt=fmt)
+        (loaded,) = archive.load(ImageStore(Store(tmp_path / fmt)), str(out))
+        assert loaded.diff_ids == image.diff_ids
+    images.remove(f"{fake.host}/lib/sha512")
+    assert os.listdir(root / "blobs" / "sha512") == [] and os.listdir(root / "layers") == []
+    # a corrupt sha512 blob is caught like a sha256 one
+    bad = json.loads(img.manifest)["layers"][1]["digest"]
+    serve_image(fake, "lib/bad512", img, corrupt=bad)
+    with pytest.raises(DigestMismatch):
+        images.pull(f"{fake.host}/lib/bad512", client=rc)
+
+
+def test_an_unknown_digest_algorithm_is_one_clear_line(images: ImageStore) -> None:
+    with pytest.raises(StoreError, match="unsupported digest algorithm 'md5'") as info:
+        images.store.blob_path("md5:" + "0" * 32)
+    assert "sha256 and sha512" in info.value.one_line()
