@@ -305,7 +305,10 @@ class Builder:
         try:
             step = stage.state.step(raw)
             prepared = self._prepare(step, stage)
-            key = cache_key(image.state_id(), _instruction_key(step), *prepared.key)
+            sde = self.options.source_date_epoch
+            # SOURCE_DATE_EPOCH sets the history times and clamps the layer's file times
+            key = cache_key(image.state_id(), _instruction_key(step), *prepared.key,
+                            *(() if sde is None else (("source_date_epoch", sde),)))
             hit = self.cache.get(key)
             self.replay.append(" ---> Using cache")
             if hit is not None:

@@ -27,11 +27,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-__all__ = ["ReplayKey", "ReplayRecord", "context_signature", "load_record", "save_record",
-           "check_record"]
+__all__ = ["ReplayKey", "ReplayRecord", "context_signature", "sign_context", "outside_inputs",
+           "load_record", "save_record", "check_record", "RACY_NS"]
 
 _DIR = ("build-cache", "replay")
 _REF_ANNOTATION = "org.opencontainers.image.ref.name"
+_VERSION = 2
+"""Part of every key: a builder whose results change (2: ADD stops extracting downloads,
+proxy args leave the cache key) does not replay an older builder's records."""
 
 
 class ReplayKey:
@@ -55,7 +58,8 @@ class ReplayKey:
         self.source_date_epoch = source_date_epoch
 
     def digest(self) -> str:
-        data = {"dockerfile": self.dockerfile_text, "name": self.dockerfile_name,
+        data = {"version": _VERSION, "dockerfile": self.dockerfile_text,
+                "name": self.dockerfile_name,
                 "context": self.context, "build_args": dict(sorted(self.build_args.items())),
                 "target": self.target, "platform": self.platform,
                 "labels": dict(sorted(self.labels.items())), "network": self.network,
@@ -89,22 +93,56 @@ class ReplayRecord:
     __hash__ = None  # type: ignore[assignment]
 
 
-def context_signature(context: str | None) -> str:
-    """A digest of the stat data of every entry under ``context`` (no content is read)."""
+RACY_NS = 200_000_000
+"""A context entry changed less than this before its signature was taken may change again
+within the same file-time tick without changing its signature (git's "racy" entries): such a
+build leaves no record, so the next one goes through the builder, which hashes content."""
+
+
+def sign_context(context: str | None, extra: Sequence[str] = ()) -> tuple[str, int]:
+    """(digest of the stat data of every entry under ``context`` and of the ``extra`` paths,
+    the newest change time seen in ns). No content is read: names, types, modes, sizes,
+    inode numbers, mtimes and ctimes (which no one can set back) are."""
     h = hashlib.sha256()
+    newest = 0
     if context is None:
-        return "none"
+        return "none", 0
+
+    def sign(label: str, path: str) -> None:
+        nonlocal newest
+        try:
+            st = os.lstat(path)
+        except OSError:
+            h.update(f"{label}\0missing\n".encode("utf-8", "surrogateescape"))
+            return
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+        h.update(f"{label}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0"
+                 f"{st.st_ino}\n".encode("utf-8", "surrogateescape"))
+
+    sign(".", context)
     for dirpath, dirnames, filenames in os.walk(context):
         dirnames.sort()
         rel = os.path.relpath(dirpath, context)
         for name in sorted(filenames) + dirnames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            h.update(f"{rel}/{name}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                     f"{st.st_ino}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+            sign(f"{rel}/{name}", os.path.join(dirpath, name))
+    for path in extra:
+        sign(f"extra:{path}", path)
+    return h.hexdigest(), newest
+
+
+def context_signature(context: str | None, extra: Sequence[str] = ()) -> str:
+    """The digest of `sign_context`."""
+    return sign_context(context, extra)[0]
+
+
+def outside_inputs(key: ReplayKey) -> list[str]:
+    """Files outside the context the build reads by name: ``<Dockerfile>.dockerignore`` when
+    ``-f`` names a Dockerfile outside the context."""
+    if key.context is None:
+        return []
+    path = os.path.normpath(os.path.join(key.context, key.dockerfile_name + ".dockerignore"))
+    inside = path.startswith(key.context.rstrip("/") + "/")
+    return [] if inside else [path]
 
 
 def _path(store: Store, key: ReplayKey) -> str:
@@ -149,7 +187,8 @@ def check_record(store: Store, key: ReplayKey) -> tuple[ReplayRecord, list[dict[
                                                         ] | None:
     """The record of ``key`` if it still describes the build; with the index entries."""
     record = load_record(store, key)
-    if record is None or record.context_signature != context_signature(key.context):
+    if record is None or record.context_signature != context_signature(
+            key.context, outside_inputs(key)):
         return None
     entries = list(store.load_index().get("manifests", []))
     for name, digest in record.bases:

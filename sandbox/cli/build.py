@@ -162,10 +162,21 @@ def cmd_build(argv: list[str]) -> int:
 def _build(store: Store, key: ReplayKey, context: str | None, args: Namespace, *,
            record: bool) -> None:
     from sandbox.build.builder import BuildOptions, RunStepFailed, build
-    from sandbox.cli._build_replay import ReplayRecord, context_signature, save_record
+    from sandbox.cli._build_replay import (
+        RACY_NS,
+        ReplayRecord,
+        outside_inputs,
+        save_record,
+        sign_context,
+    )
     from sandbox.containers import Engine
 
-    signature = context_signature(key.context) if record else ""
+    signature = ""
+    if record:
+        import time
+
+        signature, newest = sign_context(key.context, outside_inputs(key))
+        record = newest < time.time_ns() - RACY_NS
     options = BuildOptions(
         context=context, dockerfile_text=key.dockerfile_text,
         dockerfile_name=key.dockerfile_name, tags=tuple(args.tag), build_args=key.build_args,
