@@ -74,6 +74,9 @@ class SandboxFactory:
         self.current_item: pytest.Item | None = None
         self.next_item: pytest.Item | None = None  # pytest_runtest_protocol's nextitem
         self._ahead: dict[str, tuple[ContainerRequest, Any]] = {}  # nodeid -> (req, pending)
+        self._prepared: dict[str, tuple[Any, Any]] = {}  # nodeid -> (spec, Prepared), isolate
+        self._in_use: dict[str, Any] = {}  # spec id -> the Prepared a test body runs in
+        self._draining: dict[str, Any] = {}  # spec id -> a discarded Prepared not yet reaped
 
     # -- engine --------------------------------------------------------------------------------
     @property
@@ -295,6 +298,47 @@ class SandboxFactory:
         cfg.setdefault("spec", {}).setdefault("labels", {})["io.rootless-sandbox.pytest.kept"] = "1"
         store.write_json(path, cfg)
 
+    def prepare_ahead(self, item: pytest.Item | None) -> None:
+        """Set up the container of ``item`` (the next test, when it is ``isolate=True``) now,
+        in a forked helper, so that its namespaces and mounts are made on the other core while
+        the current test runs; :meth:`take_prepared` hands it over. Only where this process
+        may fork (not in a threaded xdist worker: those set up each container in line)."""
+        for nodeid in [n for n in self._prepared if item is None or n != item.nodeid]:
+            self._drop_prepared(self._prepared.pop(nodeid))  # its test did not take it
+        if item is None or item.nodeid in self._prepared or \
+                item.get_closest_marker("container") is None:
+            return
+        from pytest_plugin.plugin import item_request
+        from sandbox.runtime.process import can_fork, prepare_callable
+
+        try:
+            req = item_request(item)
+            if not req.isolate or not can_fork():
+                return
+            spec = self.isolate_spec(item, req)
+            from pytest_plugin.isolate import frozen_heap
+
+            with frozen_heap():
+                self._prepared[item.nodeid] = (spec, prepare_callable(spec, self.engine.mapping))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the test's own call reports it
+            logger.debug("not preparing %s ahead: %r", item.nodeid, exc)
+
+    def take_prepared(self, item: pytest.Item) -> tuple[Any, Any]:
+        """(spec, prepared container) set up ahead for ``item``, or (None, None)."""
+        found = self._prepared.pop(item.nodeid, None)
+        if found is None:
+            return None, None
+        self._in_use[found[0].id] = found[1]
+        return found
+
+    def _drop_prepared(self, pair: tuple[Any, Any]) -> None:
+        spec, prepared = pair
+        prepared.discard()
+        self._draining[spec.id] = prepared
+        self.release_isolated(spec, keep=False)
+
     def isolate_spec(self, item: pytest.Item, req: ContainerRequest) -> Any:
         """The spec of a container whose PID 1's child will be the forked test body."""
         from sandbox.containers import RunOptions, parse_volume
@@ -307,6 +351,9 @@ class SandboxFactory:
                           req.storage_driver, binds])
         pooled = self._isolate_pool.pop(key, None)
         if pooled is not None:
+            draining = self._draining.pop(pooled.id, None)
+            if draining is not None:
+                draining.reap()  # its last container's mounts must be gone
             return pooled
         mounts = [parse_volume(v) for v in req.volumes]
         mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
@@ -322,6 +369,10 @@ class SandboxFactory:
         next test when the test left it exactly as created (nothing written to the writable
         layer or the bound /etc files: every namespace, mount and tmpfs is new each time
         anyway), else remove it."""
+        prepared = self._in_use.pop(spec.id, None)
+        if prepared is not None:  # its container goes now; its helper is reaped before reuse
+            prepared.discard()
+            self._draining[spec.id] = prepared
         key, snap = self._isolate_state.get(spec.id, ("", None))
         if keep:
             self._isolate_state.pop(spec.id, None)
@@ -330,8 +381,14 @@ class SandboxFactory:
             self._isolate_pool[key] = spec
             return
         self._isolate_state.pop(spec.id, None)
+        self._reap_draining(spec.id)
         with contextlib.suppress(Exception):
             self.engine.remove_dir(spec.id)
+
+    def _reap_draining(self, cid: str) -> None:
+        draining = self._draining.pop(cid, None)
+        if draining is not None:
+            draining.reap()
 
     def _isolate_binds(self, req: ContainerRequest) -> list[tuple[str, bool]]:
         """Host paths the test body needs: pytest's basetemp read-write (tmp_path and friends
@@ -361,9 +418,14 @@ class SandboxFactory:
         for container in list(self._owned.values()):
             with contextlib.suppress(Exception):
                 self.remove(container)
+        with contextlib.suppress(Exception):
+            self.prepare_ahead(None)
         for spec in self._isolate_pool.values():
+            self._reap_draining(spec.id)
             with contextlib.suppress(Exception):
                 self.engine.remove_dir(spec.id)
+        for cid in list(self._draining):
+            self._reap_draining(cid)
         self._isolate_pool.clear()
         self._stop_reaper()
         if self._scratch is not None:

@@ -200,8 +200,10 @@ def _describe_crash(code: int, elapsed: float, timeout: float | None) -> str:
 
 
 def run_isolated(item: pytest.Function, request: ContainerRequest, spec: Any,
-                 mapping: Any) -> None:
-    """Fork ``item``'s call into the container ``spec`` and replay the outcome here."""
+                 mapping: Any, prepared: Any = None) -> None:
+    """Fork ``item``'s call into the container ``spec`` (or into ``prepared``, the same
+    container set up ahead by ``sandbox.runtime.process.prepare_callable``) and replay the
+    outcome here."""
     from sandbox.runtime.process import run_callable
 
     for stream in (sys.stdout, sys.stderr):
@@ -215,11 +217,17 @@ def run_isolated(item: pytest.Function, request: ContainerRequest, spec: Any,
             warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks",
                                     category=DeprecationWarning)
             with frozen_heap():
-                code, data = run_callable(spec, mapping, _payload(item, request.env),
-                                          timeout=request.timeout)
+                if prepared is not None:
+                    code, data = prepared.call(_payload(item, request.env),
+                                               timeout=request.timeout)
+                else:
+                    code, data = run_callable(spec, mapping, _payload(item, request.env),
+                                              timeout=request.timeout)
     except BaseException:
         # Ctrl-C (or any error) while the body runs: take the container down with its holder
         # (its PID 1 has a parent-death SIGKILL, and the PID namespace dies with PID 1).
+        if prepared is not None:
+            prepared.discard()
         _kill_forked_holders()
         raise
     elapsed = time.monotonic() - start

@@ -155,10 +155,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     factory = pyfuncitem.config.stash[FACTORY_KEY]
     with rendered(f"isolate in {req.image}"):
-        spec = factory.isolate_spec(pyfuncitem, req)
+        spec, prepared = factory.take_prepared(pyfuncitem)
+        if spec is None:
+            spec = factory.isolate_spec(pyfuncitem, req)
         pyfuncitem.stash[ISOLATED_KEY] = spec
+        factory.prepare_ahead(factory.next_item)  # set up while this body runs
         try:
-            isolate.run_isolated(pyfuncitem, req, spec, factory.engine.mapping)
+            isolate.run_isolated(pyfuncitem, req, spec, factory.engine.mapping, prepared)
         except (KeyboardInterrupt, SystemExit):
             _finish_isolated(pyfuncitem, None)  # no report will come: remove it now
             raise

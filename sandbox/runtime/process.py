@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sandbox.runtime.network import NetHelper
 
 
-__all__ = ["Started", "start", "wait", "run", "run_callable"]
+__all__ = ["Prepared", "Started", "start", "wait", "run", "run_callable", "prepare_callable"]
 
 
 class Started:
@@ -301,6 +301,155 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
         _handshake(psock, started, mapping, spec.network)
     finally:
         psock.close()
+    try:
+        code, data = _collect(result_r, pid, (started.init_pid, pid), timeout)
+    finally:
+        stop_network(started)
+    if started.error is not None:
+        raise started.error
+    return code, data
+
+
+def _hold() -> bytes:
+    """PID 1's child in a prepared container: waits (the test body joins from outside)."""
+    while True:
+        time.sleep(3600)
+
+
+class Prepared:
+    """A container set up ahead of use (:func:`prepare_callable`): its namespaces and root
+    filesystem exist and PID 1 waits. :meth:`call` forks this process, joins the container
+    and calls the payload there; :meth:`discard` takes the container down."""
+
+    def __init__(self, spec: ContainerSpec, helper: int, fd: int) -> None:
+        self.spec = spec
+        self._helper, self._fd = helper, fd  # H, which started C and waits for it
+        self._init_pid = 0
+        self._error: errors.SandboxError | None = None
+
+    def _ready(self) -> int:
+        """G's pid once the container is set up; raises the setup's error."""
+        if not self._init_pid and self._error is None:
+            data = b""
+            while chunk := os.read(self._fd, 65536):
+                data += chunk
+                if data.endswith(b"\n"):
+                    break
+            if data[:1] == b"R":
+                self._init_pid = int(data[1:])
+            elif data[:1] == b"E":
+                self._error = _error_from(data[1:])
+            else:
+                self._error = errors.SandboxError("the container's helper died while starting it")
+        if self._error is not None:
+            raise self._error
+        return self._init_pid
+
+    def call(self, payload: Callable[[], bytes], *,
+             timeout: float | None = None) -> tuple[int, bytes]:
+        """As :func:`run_callable`, in this prepared container (once)."""
+        init_pid = self._ready()
+        from sandbox import _syscalls as sc
+        from sandbox._nsexec import join_container
+        from sandbox.runtime.init import _docker_status, _run_payload
+
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # J: joins, then forks the body into the PID namespace and waits for it
+            code = 125
+            try:
+                os.close(result_r)
+                sc.set_pdeathsig(signal.SIGKILL)
+                join_container(init_pid, 0)
+                body = os.fork()
+                if body == 0:
+                    _run_payload(self.spec, payload, result_w)
+                os.close(result_w)
+                code = _docker_status(os.waitpid(body, 0)[1])
+            finally:
+                os._exit(code)
+        os.close(result_w)
+        return _collect(result_r, pid, (init_pid, pid), timeout)
+
+    def discard(self) -> None:
+        """Kill the container (its PID 1 takes the PID namespace down); the helper then ends
+        once C has cleaned up (:meth:`reap`)."""
+        try:
+            init_pid = self._ready() if self._fd >= 0 else self._init_pid
+        except errors.SandboxError:
+            init_pid = 0
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if init_pid:
+            _kill_quietly(init_pid)
+
+    def reap(self, block: bool = True) -> bool:
+        """Whether the helper (and so the container's mounts) is gone."""
+        if not self._helper:
+            return True
+        try:
+            pid, _ = os.waitpid(self._helper, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid = self._helper
+        if pid:
+            self._helper = 0
+        return not self._helper
+
+
+def prepare_callable(spec: ContainerSpec, mapping: IdMapping) -> Prepared:
+    """Start setting up a container for a later :meth:`Prepared.call` and return at once.
+
+    A helper H, forked from this (single-threaded) process, does the caller's part of the
+    start (C, its maps, its network) while this process goes on, then waits for C. Only for
+    callers that :func:`can_fork`.
+    """
+    from sandbox import _syscalls as sc
+
+    sc.preload()
+    r, w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        code = 1
+        try:
+            os.close(r)
+            sc.set_pdeathsig(signal.SIGKILL)
+            os.closerange(3, w)
+            os.closerange(w + 1, 1 << 16)
+            psock, csock = _sock.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                psock.close()
+                os.close(w)
+                container_main(spec, csock, _hold, -1)
+            csock.close()
+            started = Started(pid)
+            try:
+                _handshake(psock, started, mapping, spec.network)
+            finally:
+                psock.close()
+            if started.error is not None:
+                err = started.error
+                import json
+
+                os.write(w, b"E" + json.dumps({"kind": type(err).__name__, "code": err.exit_code,
+                                               "message": err.one_line()}).encode() + b"\n")
+            else:
+                os.write(w, b"R%d\n" % started.init_pid)
+            os.close(w)
+            os.waitpid(pid, 0)
+            stop_network(started)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return Prepared(spec, helper, r)
+
+
+def _collect(result_r: int, pid: int, kill: tuple[int, ...],
+             timeout: float | None) -> tuple[int, bytes]:
+    """Read a payload's bytes until EOF, then reap ``pid``: (its status, the bytes). On
+    ``timeout`` ``kill`` get SIGKILL and the status is 137."""
     chunks: list[bytes] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -308,12 +457,9 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
             wait_for = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([result_r], [], [], wait_for)
             if not ready:
-                for target in (started.init_pid, pid):
+                for target in kill:
                     if target:
-                        try:
-                            os.kill(target, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                        _kill_quietly(target)
                 os.waitpid(pid, 0)
                 return 137, b""
             chunk = os.read(result_r, 1 << 16)
@@ -322,12 +468,9 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
             chunks.append(chunk)
     finally:
         os.close(result_r)
-        stop_network(started)
     _, status = os.waitpid(pid, 0)
     code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
         status)
-    if started.error is not None:
-        raise started.error
     return code, b"".join(chunks)
 
 

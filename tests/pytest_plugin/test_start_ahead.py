@@ -98,3 +98,57 @@ def test_ctrl_c_with_a_container_started_ahead_leaves_nothing(pytester: pytest.P
     result = run_inner("-q", "-p", "no:randomly")
     assert result.ret == 2
     assert containers_left() == []
+
+
+ISOLATED_AHEAD = r'''
+import os, time
+import pytest
+
+def _uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+@pytest.mark.container(isolate=True)
+def test_first(tmp_path_factory):
+    time.sleep(0.5)  # the next test's container is set up meanwhile
+    (tmp_path_factory.getbasetemp() / "first_end").write_text(str(_uptime()))
+
+@pytest.mark.container(isolate=True)
+def test_second(tmp_path_factory):
+    first_end = float((tmp_path_factory.getbasetemp() / "first_end").read_text())
+    with open("/proc/1/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    assert started < first_end, "the container was made after the previous test ended"
+    assert os.getpid() != 1 and not os.path.exists("/etc/from-first")
+    open("/etc/from-second", "w").close()
+
+@pytest.mark.container(isolate=True, timeout=2)
+def test_third():
+    open("/etc/from-third", "w").close()
+    time.sleep(30)
+
+@pytest.mark.container(isolate=True)
+def test_fourth():
+    for name in ("from-second", "from-third"):  # a fresh writable layer every time
+        assert not os.path.exists("/etc/" + name)
+
+@pytest.mark.skip(reason="never runs")
+@pytest.mark.container(isolate=True)
+def test_fifth():
+    pass
+
+'''
+
+
+def test_isolated_tests_run_in_containers_set_up_ahead(pytester: pytest.Pytester, run_inner,
+                                                      containers_left, store_root) -> None:
+    """Each isolated test's container is set up while the previous test runs, is fresh, and
+    is gone afterwards (also the one set up for a test that is skipped, and after a timeout)."""
+    from procs import processes_with
+
+    pytester.makepyfile(test_iso_ahead=ISOLATED_AHEAD)
+    result = run_inner("-q", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*timed out after 2s*"])
+    assert containers_left() == []
+    assert processes_with(f"--sandbox-root={store_root}") == []  # no helper, holder or body
