@@ -40,13 +40,20 @@ _TMP_STALE_AGE = 24 * 3600  # a tmp entry without a live creator is stale; this 
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is ``pid`` running? A zombie is not: a killed process whose parent died stays one
+    until PID 1 reaps it, and some PID 1s (in containers, CI sandboxes) never do."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except OSError:
         return True
-    return True
+    return state != [b"Z"]
 
 
 def _tmp_prefix() -> str:

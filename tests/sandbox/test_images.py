@@ -247,6 +247,30 @@ def test_clean_tmp_removes_only_what_dead_processes_left(images: ImageStore) -> 
     assert sorted(os.listdir(tmp)) == [mine.name]
 
 
+def test_clean_tmp_counts_a_zombie_as_dead(images: ImageStore) -> None:
+    """A killed puller whose parent died stays a zombie until PID 1 reaps it, and some PID 1s
+    (containers, CI sandboxes) never do: its temp files are stale all the same."""
+    import subprocess
+    import sys
+    import time
+
+    store = images.store.ensure()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # exited, not reaped: a zombie
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        left = Path(store.tmp_dir) / f"p{child.pid}-killed.layer"
+        left.mkdir()
+        images.clean_tmp()
+        assert not left.exists()
+    finally:
+        child.wait()
+
+
 def test_rmi_collects_blobs_and_layers_but_keeps_shared_ones(images: ImageStore,
                                                              fake: FakeRegistry,
                                                              rc: RegistryClient) -> None:
