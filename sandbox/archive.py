@@ -345,7 +345,8 @@ def load(images: ImageStore, src: str | BinaryIO) -> list[Image]:
             return _load_locked(images, reader, added, unpacked)
     except Exception:
         if added or unpacked:
-            images.discard(added, unpacked)  # (after the shared gc lock is released)
+            with contextlib.suppress(SandboxError, OSError):  # the first error is the news
+                images.discard(added, unpacked)  # (after the shared gc lock is released)
         raise
 
 

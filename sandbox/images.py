@@ -335,7 +335,8 @@ class ImageStore:
                 self.store.save_index(index)
                 return [f"Untagged: {_familiar(name)}"]
             if user is not None:
-                cid, status = user[0][:12] or "?", user[1]
+                cid = user[0][:12] or "?"
+                status = "running" if user[1] in ("running", "paused") else user[1]
                 if by_id and (status == "running" or not force):
                     how = "cannot be forced" if status == "running" else "must be forced"
                     state = "running" if status == "running" else "stopped"

@@ -127,7 +127,7 @@ def _users(engine: Any) -> dict[str, tuple[str, str]]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         status = _container_status(engine.store, cid)
-        if used.get(image_id, ("", ""))[1] != "running":
+        if used.get(image_id, ("", ""))[1] not in ("running", "paused"):
             used[image_id] = (cid, status)
     return used
 
