@@ -20,7 +20,21 @@ from sandbox.errors import BuildError
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
 from sandbox.store import Store
 
-__all__ = ["RunJob", "StepOutcome", "run_step"]
+__all__ = ["BuildInterrupted", "RunJob", "StepOutcome", "reap_stale_steps", "run_step"]
+
+_OWNER = "build-owner"
+"""In a step container's directory: the build process that owns it (pid and start time)."""
+
+
+class BuildInterrupted(BuildError):
+    """SIGINT, SIGTERM or SIGHUP during a RUN: the step was killed and nothing stored."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"build interrupted by {signal.Signals(signum).name} during a RUN "
+                         "step; nothing was stored")
+        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ def _create(engine: Engine, lowers: Sequence[str], job: RunJob) -> ContainerSpec
     cdir = store.container_dir(cid)
     os.mkdir(cdir, 0o700)
     try:
+        _write_owner(cdir)
         upper, work, mnt = (os.path.join(cdir, d) for d in ("upper", "work", "rootfs"))
         for d in (upper, work, mnt):
             os.mkdir(d, 0o755)
@@ -73,6 +88,69 @@ def _create(engine: Engine, lowers: Sequence[str], job: RunJob) -> ContainerSpec
         engine.remove_dir(cid)
         raise
     return spec
+
+
+def _write_owner(cdir: str) -> None:
+    import json
+
+    from sandbox._cstate import proc_start_time
+
+    with open(os.path.join(cdir, _OWNER), "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "start": proc_start_time(os.getpid())}, f)
+
+
+def reap_stale_steps(engine: Engine) -> int:
+    """Remove the step containers of builds that died (SIGKILL) before removing them; returns
+    how many. (Their processes died with the build: the runtime sets PR_SET_PDEATHSIG.)"""
+    import json
+
+    from sandbox._cstate import alive
+
+    removed = 0
+    for cid in list(engine.store.iter_containers()):
+        try:
+            with open(os.path.join(engine.store.container_dir(cid), _OWNER), "rb") as f:
+                owner = json.loads(f.read())
+            pid, start = int(owner["pid"]), int(owner["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a build step (or one being created right now)
+        if alive(pid, start):
+            continue
+        engine.remove_dir(cid)
+        removed += 1
+    return removed
+
+
+def _run_container(engine: Engine, spec: ContainerSpec) -> tuple[int, int]:
+    """Run the step in the foreground: (exit status, the interrupting signal or 0).
+
+    As ``sandbox run`` our signals are forwarded to the container, except the ones that
+    mean "stop": SIGINT, SIGTERM and SIGHUP kill the step (a shell as the container's init
+    ignores them and would finish the step, whose layer would then be committed)."""
+    import signal
+
+    from sandbox.runtime.init import Forwarder
+    from sandbox.runtime.process import start, wait
+
+    class StepForwarder(Forwarder):
+        interrupted = 0
+
+        def _handle(self, signum: int, frame: object) -> None:
+            if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self.interrupted = self.interrupted or signum
+                signum = signal.SIGKILL
+            super()._handle(signum, frame)
+
+    forwarder = StepForwarder()
+    try:
+        started = start(spec, engine.mapping, forwarder)
+    except BaseException:
+        forwarder.restore()
+        raise
+    code = wait(started, forwarder=forwarder)
+    if started.error is not None:
+        raise started.error
+    return code, forwarder.interrupted
 
 
 def _script_mounts(cdir: str, files: Sequence[tuple[str, str]]) -> Iterator[Mount]:
@@ -145,7 +223,9 @@ def run_step(engine: Engine, lowers: Sequence[str], job: RunJob, *,
 
         sys.stdout.flush()
         with _captured(out):
-            code = engine.run(spec)
+            code, interrupted = _run_container(engine, spec)
+        if interrupted:
+            raise BuildInterrupted(interrupted)
         if code != 0:
             return StepOutcome(code, None, _tail(out) if out is not None else b"")
         result = run_in_userns(_commit_run, engine.store.root, spec.rootfs.upper,

@@ -179,6 +179,7 @@ class Builder:
         stages = resolve_target(df, opts.target)
         self.total = sum(1 + len(s.instructions) for s in stages)
         self.engine.store.ensure()
+        self._clean_leftovers()
         self.tmp = self.engine.store.mkdtemp(suffix=".build")
         try:
             for stage in stages:
@@ -190,6 +191,13 @@ class Builder:
             return self._finish(self.results[stages[-1].index])
         finally:
             self.engine.store.rm_rf(self.tmp)
+
+    def _clean_leftovers(self) -> None:
+        """What builds killed mid-step left: their step containers and temp dirs."""
+        from sandbox.build._run import reap_stale_steps
+
+        reap_stale_steps(self.engine)
+        self.engine.images.clean_tmp()
 
     def _finish(self, state: ImageState) -> BuildResult:
         from sandbox.reference import parse_reference

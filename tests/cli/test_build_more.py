@@ -271,3 +271,98 @@ def test_run_network_host_needs_the_command_lines_host_network(cli, busybox_imag
     _build(cli, "--network", "host", "-t", "net-allowed", str(ctx))
     host_nets = sorted(os.listdir("/sys/class/net"))
     assert cli("run", "--rm", "net-allowed").stdout.split() == [*host_nets, "lo"]
+
+
+# -- interrupted builds -------------------------------------------------------------------------
+
+INTERRUPTED = ("FROM busybox\nARG NAP\nRUN echo $((6*7))-step-started; sleep $NAP; "
+               "echo done > /x\nCMD [\"cat\", \"/x\"]\n")
+
+
+def _step_containers(store: Path) -> list[str]:
+    """Containers of build steps: those with a build owner, or labelled as a step."""
+    import json
+
+    out = []
+    root = store / "containers"
+    for cid in os.listdir(root) if root.exists() else []:
+        cdir = root / cid
+        if (cdir / "build-owner").exists():
+            out.append(cid)
+            continue
+        try:
+            labels = json.loads((cdir / "config.json").read_text())["spec"].get("labels") or {}
+        except (OSError, ValueError, KeyError):
+            continue
+        if labels.get("sandbox.build") == "step":
+            out.append(cid)
+    return out
+
+
+def _interrupt(cli, ctx: Path, nap: str, signum: int,
+               tag: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "build", "--no-cache",
+                             "--build-arg", f"NAP={nap}", "-t", tag, str(ctx)],
+                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line == "42-step-started\n":
+            break
+    assert seen[-1] == "42-step-started\n", seen
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the step (and its processes, by their parent-death signal) with it
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(seen) + out, err)
+
+
+def _gone(text: str) -> bool:
+    import time
+
+    from procs import processes_with
+
+    deadline = time.monotonic() + 10
+    while processes_with(text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not processes_with(text)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_interrupted_build_leaves_nothing_half_written(cli, busybox_image: str, tmp_path: Path,
+                                                       session_store: Path,
+                                                       signame: str) -> None:
+    import signal
+
+    from sandbox.errors import ImageNotFound
+
+    signum = int(getattr(signal, signame))
+    nap = {"SIGINT": "901", "SIGTERM": "902", "SIGKILL": "903"}[signame]
+    ctx = _context(tmp_path, INTERRUPTED)
+    tag = f"interrupted-{signame.lower()}"
+    blobs = session_store / "blobs" / "sha256"
+    blobs_before = set(os.listdir(blobs))
+    proc = _interrupt(cli, ctx, nap, signum, tag)
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signum
+    else:
+        assert proc.returncode == 128 + signum
+        assert proc.stderr == f"sandbox: Dockerfile:3: build interrupted by {signame} during " \
+                              "a RUN step; nothing was stored\n"
+        assert _step_containers(session_store) == []
+    assert _gone(f"sleep {nap}")  # the step's processes died with it
+    assert not any(str(session_store) in line for line in Path("/proc/self/mountinfo")
+                   .read_text().splitlines())
+    with pytest.raises(ImageNotFound):
+        _image(session_store, tag)
+    assert set(os.listdir(blobs)) == blobs_before  # no layer of the killed step
+    # the next build cleans what a SIGKILL left, and works
+    _build(cli, "--build-arg", "NAP=0", "-t", tag, str(ctx))
+    assert _step_containers(session_store) == []
+    assert [n for n in os.listdir(session_store / "tmp") if n.endswith(".build")] == []
+    assert cli("run", "--rm", tag).stdout == "done\n"
