@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from sandbox.build._cache import BuildCache, cache_key
 from sandbox.build._context import BuildContext, Source, exclude, hash_source
 from sandbox.build._image_state import ImageState, timestamp
-from sandbox.build._steps import METADATA_TYPES, StageFlags, apply_metadata, nop, run_created_by
+from sandbox.build._steps import (
+    METADATA_TYPES,
+    StageFlags,
+    apply_metadata,
+    nop_string,
+    run_created_by,
+)
 from sandbox.build.dockerignore import Matcher, load_dockerignore
 from sandbox.build.graph import resolve_target, unused_build_args
 from sandbox.build.instructions import (
@@ -427,7 +433,7 @@ class Builder:
             layer = self._commit_copy(image, CopyJob(
                 self.engine.store.root, (), stage.state.workdir,
                 mkdir_only=True, source_date_epoch=self.options.source_date_epoch))
-            created_by = nop(f"WORKDIR {stage.state.workdir}")
+            created_by = nop_string(f"WORKDIR {stage.state.workdir}")
         elif isinstance(step, METADATA_TYPES):
             layer, created_by = None, apply_metadata(new, step, stage.state, stage.flags)
         else:
@@ -486,10 +492,10 @@ class Builder:
                       excludes=tuple(step.excludes),
                       keyword=step.keyword, source_date_epoch=self.options.source_date_epoch)
         layer = self._commit_copy(image, job)
-        what = str(prepared.key[0]).removeprefix("sha256:")[:12] if prepared.key else ""
+        what = str(prepared.key[0]).removeprefix("sha256:") if prepared.key else ""
         kind = "multi" if len(prepared.sources) > 1 else (
             "dir" if prepared.sources and prepared.sources[0].is_dir else "file")
-        return layer, nop(f"{step.keyword} {kind}:{what} in {dest} ")
+        return layer, nop_string(f"{step.keyword} {kind}:{what} in {dest} ")
 
     def _run_network(self, step: RunInstruction) -> str:
         """The network of a RUN: the command line's, or ``--network=none`` to take it away. A

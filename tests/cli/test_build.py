@@ -132,7 +132,7 @@ def test_image_runs_and_history_marks_empty_layers(cli, busybox_image: str, tmp_
     history = image.config["history"][-4:]
     assert [h["created_by"] for h in history] == [
         "/bin/sh -c #(nop)  ENV A=1", "/bin/sh -c echo layer > /f", "/bin/sh -c true",
-        '/bin/sh -c #(nop)  CMD ["cat", "/f"]']
+        '/bin/sh -c #(nop)  CMD ["cat" "/f"]']
     assert [bool(h.get("empty_layer")) for h in history] == [True, False, True, True]
     assert cli("run", "--rm", "hist").stdout == "layer\n"
     assert "echo layer" in cli("history", "--no-trunc", "hist").stdout

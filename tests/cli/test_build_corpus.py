@@ -1,8 +1,10 @@
 """Every Dockerfile of ``tests/build_corpus`` built from busybox with ``sandbox build``.
 
 Each case directory holds a Dockerfile, its context and ``expected.json``: build args and tags,
-the image config fields the Dockerfile sets, the layer count, and commands whose output the
-image must give under ``sandbox run``.
+the image config fields the Dockerfile sets, the layer count, the last history entries
+(``created_by``, ``empty_layer``), entries a layer must have or lack (``layer_entries``, by
+layer index: whiteouts and opaque-dir markers) and commands whose output the image must give
+under ``sandbox run``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def _layer_files(store: Path, digest: str) -> dict[str, bytes]:
     return out
 
 
+def _matches(pattern: str, text: str) -> bool:
+    """``*`` in ``pattern`` stands for a content hash (64 hex digits); the rest is literal."""
+    import re
+
+    return re.fullmatch("[0-9a-f]{64}".join(map(re.escape, pattern.split("*"))), text) is not None
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_corpus_builds_and_runs(case: str, cli, busybox_image: str, session_store: Path) -> None:
     expected = json.loads((CORPUS / case / "expected.json").read_text())
@@ -64,11 +73,19 @@ def test_corpus_builds_and_runs(case: str, cli, busybox_image: str, session_stor
         assert len(image.diff_ids) - base_layers == expected["layers"]
     assert len(image.layers) == len(image.diff_ids)
     assert sum(not h.get("empty_layer") for h in image.config["history"]) == len(image.diff_ids)
-    for created_by, empty in expected.get("history_tail", []):
-        last = image.config["history"][-1]
-        assert (last["created_by"], bool(last.get("empty_layer"))) == (created_by, empty)
+    tail = expected.get("history_tail", [])
+    if tail:
+        history = image.config["history"][-len(tail):]
+        assert len(history) == len(tail)
+        for entry, (pattern, empty) in zip(history, tail, strict=True):
+            assert _matches(pattern, entry["created_by"]), (pattern, entry["created_by"])
+            assert bool(entry.get("empty_layer")) == empty, entry
     for name, content in expected.get("files", {}).items():
         assert _layer_files(session_store, image.layers[-1]["digest"])[name] == content.encode()
+    for index, names in expected.get("layer_entries", {}).items():
+        members = set(_layer_files(session_store, image.layers[int(index)]["digest"]))
+        assert set(names.get("has", [])) <= members, (index, sorted(members))
+        assert not set(names.get("lacks", [])) & members, (index, sorted(members))
     single = detect_mapping().mode != "subuid"
     for check in expected.get("run", []):
         run = ["run", "--rm"]

@@ -366,3 +366,45 @@ def test_interrupted_build_leaves_nothing_half_written(cli, busybox_image: str, 
     assert _step_containers(session_store) == []
     assert [n for n in os.listdir(session_store / "tmp") if n.endswith(".build")] == []
     assert cli("run", "--rm", tag).stdout == "done\n"
+
+
+# -- sandbox history of a built image -----------------------------------------------------------
+
+def test_history_shows_steps_like_docker_history(cli, busybox_image: str, tmp_path: Path,
+                                                 session_store: Path) -> None:
+    import re
+
+    # (RUN true: a step on top, so every layer is unpacked; the SIZE of a layer that is not
+    # is its compressed size for now, not Docker's content size)
+    ctx = _context(tmp_path, "FROM busybox\nENV A=1\nWORKDIR /w\nRUN printf 'six!!\\n' > /f\n"
+                   "RUN true\nCMD [\"cat\", \"/f\"]\n")
+    _build(cli, "-t", "histcols", str(ctx))
+    image = _image(session_store, "histcols")
+    proc = cli("history", "histcols")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert re.split(r"\s{2,}", header.strip()) == ["IMAGE", "CREATED", "CREATED BY", "SIZE",
+                                                   "COMMENT"]
+    assert len(rows) == len(image.config["history"])
+    assert rows[0].startswith(image.id[7:19] + " ")
+    assert all(row.startswith("<missing> ") for row in rows[1:])
+    starts = [header.index(c) for c in ("CREATED BY", "SIZE", "COMMENT")]
+    cells = [(row[starts[0]:starts[1]].strip(), row[starts[1]:starts[2]].strip())
+             for row in rows]
+    assert cells[:5] == [
+        ('/bin/sh -c #(nop)  CMD ["cat" "/f"]', "0B"),
+        ("/bin/sh -c true", "0B"),
+        ("/bin/sh -c printf 'six!!\\n' > /f", "6B"),
+        ("/bin/sh -c #(nop) WORKDIR /w", "0B"),
+        ("/bin/sh -c #(nop)  ENV A=1", "0B")]
+    full = cli("history", "--no-trunc", "--format", "{{.ID}}|{{.CreatedBy}}|{{.Size}}",
+               "histcols").stdout.splitlines()
+    assert full[0].startswith(image.id + "|")
+    assert [line.split("|")[1] for line in full] == [
+        h["created_by"] for h in reversed(image.config["history"])]
+    long = _context(tmp_path / "long", "FROM busybox\nRUN echo a-command-longer-than-the-"
+                    "forty-five-columns-shown > /x\n")
+    _build(cli, "-t", "histlong", str(long))
+    header, row = cli("history", "histlong").stdout.splitlines()[:2]
+    shown = row[header.index("CREATED BY"):header.index("SIZE")].strip()
+    assert shown == "/bin/sh -c echo a-command-longer-than-the-fo…"  # 44 + "…", as Docker
