@@ -347,7 +347,7 @@ class Builder:
         if isinstance(step, RunInstruction):
             self._run_network(step)
             return _Prepared(key=(stage.state.cache_env(), step.network or "",
-                                  self.options.network))
+                                  self.options.network, *self._bound_content(step)))
         if not isinstance(step, (CopyInstruction, AddInstruction)):
             return _Prepared()
         from_ = step.from_ if isinstance(step, CopyInstruction) else None
@@ -358,6 +358,19 @@ class Builder:
         for src in sources:
             hash_source(h, src)
         return _Prepared(key=(h.hexdigest(),), sources=tuple(sources))
+
+    def _bound_content(self, step: RunInstruction) -> tuple[str, ...]:
+        """The content a RUN sees through ``--mount=type=bind`` of the context (BuildKit keys
+        the step on it, as a COPY is keyed on what it copies); none: no key part."""
+        if not any(m.type == "bind" and not m.from_ for m in step.mounts):
+            return ()
+        h = hashlib.sha256()
+        for mount in step.mounts:
+            if mount.type == "bind" and not mount.from_:
+                for src in self.context().resolve(mount.source.lstrip("/") or ".",
+                                                  "RUN --mount"):
+                    hash_source(h, src)
+        return ("bind", h.hexdigest())
 
     def _from_ident(self, ref: str, stage: _Stage) -> str:
         """What ``--from=ref`` names, for the cache key: a stage's state or an image id."""

@@ -408,3 +408,16 @@ def test_history_shows_steps_like_docker_history(cli, busybox_image: str, tmp_pa
     header, row = cli("history", "histlong").stdout.splitlines()[:2]
     shown = row[header.index("CREATED BY"):header.index("SIZE")].strip()
     assert shown == "/bin/sh -c echo a-command-longer-than-the-fo…"  # 44 + "…", as Docker
+
+
+def test_run_bind_mount_content_is_in_the_cache_key(cli, busybox_image: str,
+                                                    tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "FROM busybox\nRUN --mount=type=bind,source=data,target=/d "
+                   "cat /d/v > /seen\nCMD [\"cat\", \"/seen\"]\n", {"data/v": "one\n"})
+    _build(cli, "-t", "bound", str(ctx))
+    assert cli("run", "--rm", "bound").stdout == "one\n"
+    (ctx / "data" / "v").write_text("two\n")
+    out = _build(cli, "-t", "bound", str(ctx)).stdout
+    assert "Step 2/3 : RUN --mount=type=bind,source=data,target=/d cat /d/v > /seen\n" \
+           " ---> Using cache" not in out
+    assert cli("run", "--rm", "bound").stdout == "two\n"
