@@ -3,9 +3,12 @@
 Start it as a process (``python -m fuse_overlay -o lowerdir=..,upperdir=..,workdir=.. MNT``);
 :func:`command` builds that command line.  Importing this package loads no FUSE library.
 
-Binding: mfusepy on libfuse 3 (Debian/Ubuntu ``libfuse3-3``, plus ``fuse3`` for
-``fusermount3`` outside a user namespace), preferred and measured; fusepy on libfuse 2
-(``libfuse2``) is the fallback of the import shim ``_fuse.py``.
+Binding (the import shim ``_fuse.py``): mfusepy on libfuse 3, preferred and measured (Debian
+and Ubuntu package ``libfuse3-3``, plus ``fuse3`` for ``fusermount3`` outside a user namespace);
+fusepy on libfuse 2 as the fallback (package ``libfuse2``; its ``fusermount`` is the one ``fuse3``
+ships).  ``FUSE_OVERLAY_BINDING=mfusepy|fusepy`` forces one.  Under libfuse 2 there are no
+POSIX ACLs, rename flags, READDIRPLUS or writeback cache, and the other names of a hard link
+keep showing the ``st_nlink`` the kernel cached (libfuse 2 cannot invalidate a path).
 """
 
 from __future__ import annotations

@@ -785,3 +785,27 @@ def rename_lower_direct(m: Path) -> Any:
            res(lambda: os.rename(m / "empty", m / "dir-moved/empty2")),
            res(lambda: os.rename(m / "dir-moved/sub", m / "sub-moved"))]
     return [out, snapshot(m)]
+
+
+@scenario(plain=False)
+def unlink_open_file(m: Path) -> Any:
+    """An open file unlinked stays usable through its descriptor and leaves nothing behind in
+    the upper directory (no ``.fuse_hidden`` file: libfuse's ``hard_remove``)."""
+    (m / "tmpfile").write_text("before\n")
+    fd = os.open(m / "tmpfile", os.O_RDWR)
+    os.unlink(m / "tmpfile")
+    os.pwrite(fd, b"after!\n", 0)
+    seen = [os.pread(fd, 20, 0).decode(), upper_tree(m), sorted(os.listdir(m))]
+    os.close(fd)
+    return [*seen, upper_tree(m)]
+
+
+@scenario(plain=False)
+def fstat_unlinked_open_file(m: Path) -> Any:
+    (m / "tmpfile").write_text("before\n")
+    fd = os.open(m / "tmpfile", os.O_RDWR)
+    os.unlink(m / "tmpfile")
+    try:
+        return [res(lambda: os.fstat(fd).st_size), res(lambda: os.fstat(fd).st_nlink)]
+    finally:
+        os.close(fd)

@@ -21,7 +21,16 @@ MMAP_DIRECT_IO = (
     "before 3.16 cannot ask for FUSE_CAP_DIRECT_IO_ALLOW_MMAP, so the kernel refuses a shared "
     "mmap of such a handle with ENODEV where overlayfs maps it"
 )
-KNOWN: dict[str, str] = {"mmap-hard-linked": MMAP_DIRECT_IO}
+UNLINKED_GETATTR = (
+    "fstat of a file reopened and then unlinked while open: the kernel sends GETATTR without a "
+    "file handle, and libfuse's high-level API with hard_remove (operations.py init_with_config, "
+    "_fuse.libfuse2_options) has no path left for the node, so it answers ESTALE (ENOENT on "
+    "libfuse 2) before any handler runs; overlayfs answers from the open file"
+)
+KNOWN: dict[str, str] = {
+    "mmap-hard-linked": MMAP_DIRECT_IO,
+    "fstat-unlinked-open-file": UNLINKED_GETATTR,
+}
 NAMES = sorted(fo_scenarios.SCENARIOS)
 
 
@@ -91,8 +100,10 @@ FUSEPY_CORE = [
     "hard-link", "symlink", "chmod", "utimes-ns", "xattrs", "whiteout-recreate-dir",
     "rename-noreplace-touch-omit-punch", "fallocate-punch", "mmap-shared-write",
     "inode-stable-copyup", "no-stray-whiteouts", "readonly-with-upper", "access",
+    "unlink-open-file", "fstat-unlinked-open-file",
 ]
 FUSEPY_KNOWN = {
+    "fstat-unlinked-open-file": UNLINKED_GETATTR,
     "hard-link": "libfuse 2's high-level API cannot invalidate another name's cached attributes "
                  "(fuse_invalidate is a stub in 2.9), so st_nlink of the other names is stale",
 }
