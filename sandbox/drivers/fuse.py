@@ -23,11 +23,16 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
                stderr_fd: int | None = None, timeout: float | None = None) -> int:
     """Mount the union at ``mountpoint``; returns the server's pid once the mount is live.
 
-    Raises OSError(EIO) when the server could not mount (its own message goes to its stderr:
-    ours, or ``stderr_fd``), OSError(ETIMEDOUT) when it is not live within ``timeout`` seconds
-    (the server is then killed)."""
+    The server writes to ``stderr_fd``, by default to ``<work>.fuse-overlay.log`` beside the
+    workdir (removed with it): what it says once serving (libfuse's complaints as it ends, say)
+    is not the container's output. Raises OSError(EIO) when the server could not mount, having
+    copied what it said to our stderr (unless ``stderr_fd`` was given), OSError(ETIMEDOUT) when
+    it is not live within ``timeout`` seconds (the server is then killed)."""
     from fuse_overlay import command
 
+    log_path = f"{work.rstrip('/')}.fuse-overlay.log"
+    log = stderr_fd if stderr_fd is not None else os.open(
+        log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -38,8 +43,7 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
-            if stderr_fd is not None:
-                os.dup2(stderr_fd, 2)
+            os.dup2(log, 2)
             argv = command(lowers, mountpoint, upperdir=upper, workdir=work, ready_fd=ready_w,
                            die_with_parent=True,
                            options=["squash_to_root"] if _maps_one_uid() else [])
@@ -47,22 +51,30 @@ def mount_fuse(lowers: Sequence[str], mountpoint: str, upper: str, work: str, *,
         finally:
             os._exit(127)
     os.close(ready_w)
+    if stderr_fd is None:
+        os.close(log)
     try:
         answer = _read_ready(ready_r, timeout)
     finally:
         os.close(ready_r)
+    if answer is not None and answer.startswith(b"ok"):
+        return pid
     if answer is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if stderr_fd is None:
+        _copy_to_stderr(log_path)
+    if answer is None:
         raise OSError(errno.ETIMEDOUT, f"fuse_overlay was not serving after {timeout:g} s",
                       mountpoint)
-    if not answer.startswith(b"ok"):
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        raise OSError(errno.EIO, "fuse_overlay could not mount the root filesystem "
-                      f"(exit status {code})", mountpoint)
-    return pid
+    raise OSError(errno.EIO, "fuse_overlay could not mount the root filesystem (exit status "
+                  f"{os.waitstatus_to_exitcode(status)})", mountpoint)
+
+
+def _copy_to_stderr(path: str) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        os.write(2, f.read()[-4096:])
 
 
 def _maps_one_uid() -> bool:
