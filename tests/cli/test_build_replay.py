@@ -172,3 +172,19 @@ def test_no_cache_pull_and_pruned_cache(cli, busybox_image: str, tmp_path: Path)
     assert cli("builder", "prune", "-f").returncode == 0
     proc = cli("build", str(ctx), timeout=180)
     assert proc.returncode == 0 and "Using cache" not in proc.stdout
+
+
+def test_network_and_platform(cli, busybox_image: str, tmp_path: Path) -> None:
+    ctx = _context(tmp_path / "ctx", "FROM busybox\nARG TARGETPLATFORM\n"
+                   "RUN ls /sys/class/net > /nets; echo $TARGETPLATFORM > /p\n")
+    _replayed(cli, ctx)
+    host = _build(cli, "--network", "host", str(ctx))
+    assert _out(cli, host, "cat", "/nets").split() == sorted(os.listdir("/sys/class/net"))
+    from sandbox.oci import host_platform
+
+    platform = str(host_platform().normalized())
+    proc = cli("build", "-q", "--platform", "linux/s390x" if "s390x" not in platform
+               else "linux/amd64", str(ctx), timeout=180)
+    assert proc.returncode == 125 and "cannot build for" in proc.stderr
+    assert _out(cli, _build(cli, "--platform", platform, str(ctx)), "cat", "/p") == \
+        f"{platform}\n"
