@@ -145,6 +145,17 @@ class Parser:
         else:
             ns[arg.dest] = self._convert(arg, value or "", shown)
 
+    def _bool_value(self, ns: dict[str, Any], arg: _Arg, value: str, name: str) -> None:
+        """``--flag=false`` / ``-f=true`` of a boolean flag (pflag's ``ParseBool`` values)."""
+        truth = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+                 "0": False, "f": False, "F": False, "false": False, "FALSE": False,
+                 "False": False}
+        if arg.action not in ("store_true", "store_false") or value not in truth:
+            self.error(f'invalid argument "{value}" for "{name}" flag'
+                       if arg.action in ("store_true", "store_false")
+                       else f'flag "{name}" does not take a value')
+        ns[arg.dest] = truth[value] == (arg.action == "store_true")
+
     def _short_cluster(self, token: str, rest: list[str], ns: dict[str, Any]) -> None:
         i = 1
         while i < len(token):
@@ -152,8 +163,13 @@ class Parser:
             arg = self._options.get(flag)
             if arg is None:
                 self.error(f"unknown shorthand flag: '{token[i]}' in {token}")
+            if not arg.takes_value and token[i + 1:i + 2] == "=":  # -H=false, as pflag
+                self._bool_value(ns, arg, token[i + 2:], flag)
+                return
             if arg.takes_value:
                 value = token[i + 1:]
+                if value.startswith("="):  # -e=X is -e X, as pflag
+                    value = value[1:]
                 if not value:
                     if not rest:
                         self.error(f"flag needs an argument: '{token[i]}' in {flag}")
@@ -187,11 +203,8 @@ class Parser:
                         self.error(f"flag needs an argument: {name}")
                     value = rest.pop(0)
                 elif not arg.takes_value and eq:
-                    if arg.action in ("store_true", "store_false") and value in (
-                            "true", "false", "1", "0"):
-                        ns[arg.dest] = (value in ("true", "1")) == (arg.action == "store_true")
-                        continue
-                    self.error(f'flag "{name}" does not take a value')
+                    self._bool_value(ns, arg, value, name)
+                    continue
                 self._apply(ns, arg, value if arg.takes_value else None, name)
             elif token.startswith("-") and len(token) > 1:
                 self._short_cluster(token, rest, ns)

@@ -98,6 +98,25 @@ def cmd_inspect(argv: list[str]) -> int:
     return code
 
 
+def _content_size(store: Any, layer: dict[str, Any]) -> int:
+    """Bytes of a layer's files, as ``docker history`` shows them, read from its blob's tar
+    headers (a layer not unpacked here: a built or loaded one); its blob size if unreadable."""
+    from sandbox._layer_codec import ForwardReader, open_decompressed
+    from sandbox._tarstream import TarStream
+    from sandbox.errors import SandboxError
+
+    total = 0
+    try:
+        with store.open_blob(str(layer["digest"])) as blob:
+            tar = TarStream(ForwardReader(open_decompressed(blob)))
+            while (member := tar.next()) is not None:
+                if member.isreg():
+                    total += member.size
+    except (OSError, KeyError, SandboxError):
+        return int(layer.get("size", 0))
+    return total
+
+
 def _history_rows(engine: Any, image: Any, no_trunc: bool, human: bool) -> list[dict[str, str]]:
     history = list(image.config.get("history") or [])
     if not history:
@@ -106,7 +125,8 @@ def _history_rows(engine: Any, image: Any, no_trunc: bool, human: bool) -> list[
     chains = image.chain_ids
     for i, layer in enumerate(image.layers):
         has = i < len(chains) and engine.store.has_layer(chains[i])
-        sizes.append(engine.store.layer_size(chains[i]) if has else int(layer.get("size", 0)))
+        sizes.append(engine.store.layer_size(chains[i]) if has
+                     else _content_size(engine.store, layer))
     rows = []
     layer_index = 0
     for item in history:
@@ -130,7 +150,8 @@ def _history_rows(engine: Any, image: Any, no_trunc: bool, human: bool) -> list[
 
 def cmd_history(argv: list[str]) -> int:
     p = Parser("history", "Show the history of an image", usage="sandbox history [OPTIONS] IMAGE")
-    p.add_argument("-H", "--human", default="true", help="Print sizes and dates in human form")
+    p.add_argument("-H", "--human", action="store_true", default=True,
+                   help="Print sizes and dates in human readable format (default true)")
     p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="Only show image IDs")
     p.add_argument("--format", default="", help="Format output using a Go template")
@@ -140,7 +161,7 @@ def cmd_history(argv: list[str]) -> int:
 
     engine = Engine()
     image = engine.images.get(args.image)
-    rows = _history_rows(engine, image, args.no_trunc, args.human.lower() != "false")
+    rows = _history_rows(engine, image, args.no_trunc, args.human)
     if args.quiet:
         sys.stdout.write("".join(r["ID"] + "\n" for r in rows))
         return 0

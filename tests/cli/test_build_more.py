@@ -374,10 +374,10 @@ def test_history_shows_steps_like_docker_history(cli, busybox_image: str, tmp_pa
                                                  session_store: Path) -> None:
     import re
 
-    # (RUN true: a step on top, so every layer is unpacked; the SIZE of a layer that is not
-    # is its compressed size for now, not Docker's content size)
+    # the top layers are not unpacked in the store (nothing ran on them): their SIZE is the
+    # content of their files, as Docker's, not the compressed blob
     ctx = _context(tmp_path, "FROM busybox\nENV A=1\nWORKDIR /w\nRUN printf 'six!!\\n' > /f\n"
-                   "RUN true\nCMD [\"cat\", \"/f\"]\n")
+                   "COPY twelve /twelve\nCMD [\"cat\", \"/f\"]\n", {"twelve": "eleven+one\n\n"})
     _build(cli, "-t", "histcols", str(ctx))
     image = _image(session_store, "histcols")
     proc = cli("history", "histcols")
@@ -391,15 +391,21 @@ def test_history_shows_steps_like_docker_history(cli, busybox_image: str, tmp_pa
     starts = [header.index(c) for c in ("CREATED BY", "SIZE", "COMMENT")]
     cells = [(row[starts[0]:starts[1]].strip(), row[starts[1]:starts[2]].strip())
              for row in rows]
-    assert cells[:5] == [
+    assert cells[1][0].startswith("/bin/sh -c #(nop) COPY file:") and cells[1][1] == "12B"
+    assert cells[:1] + cells[2:5] == [
         ('/bin/sh -c #(nop)  CMD ["cat" "/f"]', "0B"),
-        ("/bin/sh -c true", "0B"),
         ("/bin/sh -c printf 'six!!\\n' > /f", "6B"),
         ("/bin/sh -c #(nop) WORKDIR /w", "0B"),
         ("/bin/sh -c #(nop)  ENV A=1", "0B")]
     full = cli("history", "--no-trunc", "--format", "{{.ID}}|{{.CreatedBy}}|{{.Size}}",
                "histcols").stdout.splitlines()
     assert full[0].startswith(image.id + "|")
+    for flag in ("-H=false", "--human=false"):  # raw sizes and RFC 3339 dates
+        raw = cli("history", flag, "--format", "{{.CreatedSince}}|{{.Size}}", "histcols")
+        assert raw.returncode == 0, raw.stderr
+        since, size = raw.stdout.splitlines()[1].split("|")
+        assert size == "12" and since == image.config["history"][-2]["created"]
+    assert cli("history", "-H", "histcols").returncode == 0  # -H is a boolean: no value taken
     assert [line.split("|")[1] for line in full] == [
         h["created_by"] for h in reversed(image.config["history"])]
     long = _context(tmp_path / "long", "FROM busybox\nRUN echo a-command-longer-than-the-"
