@@ -295,6 +295,17 @@ class Engine:
         image = self.images.get(image_ref)
         if opts.name:
             _check_name(opts.name)
+        choice = select_driver(self.store, opts.storage_driver or self.storage_driver)
+        driver = choice.name
+        if image.builtin and driver != "overlay":
+            # the host image stacks the host's own directories, mounts included: only kernel
+            # overlayfs does that (a FUSE server would serve the store's own mounts to itself)
+            if choice.probes.get("overlay") != "ok":
+                raise SandboxError(
+                    "the built-in host image needs kernel overlayfs in a user namespace "
+                    f"(Linux 5.11+); here: {choice.probes.get('overlay')}",
+                    hint="use an image (sandbox import, pull or build) with the fuse driver")
+            driver = "overlay"
         cid = os.urandom(32).hex()
         cdir = self.store.container_dir(cid)
         with self.store.lock("names"):  # the name and the directory, claimed together
@@ -310,9 +321,6 @@ class Engine:
             self._claim_name(name, cid)
         cfg = image.run_config
         user = opts.user if opts.user is not None else str(cfg.get("User") or "")
-        driver = select_driver(self.store, opts.storage_driver or self.storage_driver).name
-        if image.builtin and driver != "overlay":
-            driver = "overlay"  # the host image stacks the host's own dirs: kernel overlay only
         try:
             rootfs = self._rootfs(image, cdir, driver)
             mapping = self.mapping

@@ -134,10 +134,18 @@ def _run_container(engine: Engine, spec: ContainerSpec) -> tuple[int, int]:
 
     class StepForwarder(Forwarder):
         interrupted = 0
+        init_pid = 0
 
         def _handle(self, signum: int, frame: object) -> None:
             if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self.interrupted = self.interrupted or signum
+                if self.init_pid:
+                    # the step's PID 1 (its PID namespace dies with it); the holder then stops
+                    # the fuse server and cleans up in order: killing the holder itself ended
+                    # the server while step processes still read through it (SIGBUS)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.init_pid, signal.SIGKILL)
+                    return
                 signum = signal.SIGKILL
             super()._handle(signum, frame)
 
@@ -147,6 +155,7 @@ def _run_container(engine: Engine, spec: ContainerSpec) -> tuple[int, int]:
     except BaseException:
         forwarder.restore()
         raise
+    forwarder.init_pid = started.init_pid
     code = wait(started, forwarder=forwarder)
     if started.error is not None:
         raise started.error

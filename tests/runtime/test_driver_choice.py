@@ -130,9 +130,6 @@ def test_forced_fuse_that_cannot_mount_says_why_in_one_line(cli, store: Path):
 
 
 @pytest.mark.requires_fuse
-@pytest.mark.xfail(strict=True, reason="Engine.create claims the container's directory and name "
-                                       "before it selects the driver, outside the try that "
-                                       "removes them (sandbox/containers.py)")
 def test_a_refused_driver_leaves_no_container_and_no_name(cli, store: Path):
     env = {"SANDBOX_STORAGE_DRIVER": "fuse", **NO_LIBFUSE}
     r = cli("run", "--rm", "--name", "refused", "busybox", "true", env=env)
@@ -140,3 +137,23 @@ def test_a_refused_driver_leaves_no_container_and_no_name(cli, store: Path):
     assert not os.listdir(store / "containers")
     again = cli("run", "--rm", "--name", "refused", "busybox", "true")
     assert again.returncode == 0, again.stderr
+
+
+def test_the_host_image_stays_on_kernel_overlay_and_says_when_it_cannot(cli, store: Path):
+    """The host image stacks the host's own directories: kernel overlay only. Where the
+    kernel refuses overlay in a user namespace, one clear line; a forced fuse driver still
+    gets overlay for it."""
+    r = cli("run", "--rm", "--name", "hosted", "host", "true")
+    assert r.returncode == 125
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "the built-in host image needs kernel overlayfs" in r.stderr
+    assert NO_OVERLAY in r.stderr
+    assert not os.listdir(store / "containers")
+    cache = store / "driver-probe.json"
+    data = json.loads(cache.read_text())
+    data["probes"]["overlay"] = "ok"
+    cache.write_text(json.dumps(data))
+    r = cli("run", "--rm", "--name", "hosted", "--storage-driver", "fuse", "host", "sh", "-c",
+            "grep -c ' overlay ' /proc/mounts")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 0
