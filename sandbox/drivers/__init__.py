@@ -182,7 +182,7 @@ def _fuse_fingerprint() -> list[str]:
     """What the FUSE probe's answer depends on besides the kernel: the device, the interpreter
     that runs ``fuse_overlay`` and what it imports (installing mfusepy or fusepy changes a site
     directory), the shared libraries (installing libfuse runs ldconfig) and the environment
-    variables the bindings read. A few ``stat`` calls, made only when the choice needs FUSE."""
+    variables the bindings read. A few ``stat`` calls (about 12 µs), on every choice."""
     parts = [sys.executable] + [f"{v}={os.environ.get(v, '')}" for v in
                                 ("FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME", "PYTHONPATH")]
     paths = ["/dev/fuse", "/etc/ld.so.cache"] + [
