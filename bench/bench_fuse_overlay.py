@@ -2,10 +2,14 @@
 """fuse_overlay against fuse-overlayfs, kernel overlayfs and a bare directory, same run.
 
 Runs itself inside a user+mount namespace (``unshare -Urm``).  Workloads: sequential write and
-read of a 200 MB file, creating 5,000 small files, a stat walk of ~20,000 entries, untar of the
-Python standard library and ``rm -rf`` of it.  Prints medians (seconds) and ratios to
+read of a 200 MB file, creating 5,000 small files, two stat walks of ~20,000 entries, untar of
+the Python standard library and ``rm -rf`` of it.  Prints medians (seconds) and ratios to
 fuse-overlayfs.  ``--variant NAME=OPTS`` adds fuse_overlay runs with extra -o options, to
 measure tuning knobs (threads, timeouts, kernel_cache, max_write).
+
+The two walks: ``stat_walk`` over 25 ``cp -al`` copies of the standard library (every file has
+25 names, so it goes through the hard-link bookkeeping), ``stat_walk_nolink`` over as many
+copies made of sparse files (one name each, as in most images; no disk space used).
 
     python bench/bench_fuse_overlay.py [--reps 3] [--variant threads=threaded=1] [--quick]
 """
@@ -13,6 +17,7 @@ measure tuning knobs (threads, timeouts, kernel_cache, max_write).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import select
 import shutil
@@ -26,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 STDLIB = Path(os.path.dirname(os.__file__))
-WORKLOADS = ("seq_write", "seq_read", "create_5000", "stat_walk", "untar", "rm_rf")
+WORKLOADS = ("seq_write", "seq_read", "create_5000", "stat_walk", "stat_walk_nolink", "untar",
+             "rm_rf")
 
 
 def in_userns() -> bool:
@@ -60,7 +66,23 @@ def make_fixtures(base: Path, size_mb: int, walk_copies: int) -> tuple[Path, Pat
         subprocess.run(
             ["cp", "-al", str(lower / "walk" / "0"), str(lower / "walk" / str(i))], check=True
         )
+    for i in range(walk_copies):
+        sparse_copy(lower / "walk" / "0", lower / "walk_nolink" / str(i))
     return lower, tar_path
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """The tree *src* again with sparse files of the same sizes (no hard links, no data)."""
+    for dirpath, _dirnames, filenames in os.walk(src):
+        target = dst / os.path.relpath(dirpath, src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), target / name)
+            else:
+                with open(target / name, "wb") as fh:
+                    fh.truncate(os.path.getsize(path))
 
 
 def _umount(mnt: Path) -> None:
@@ -80,6 +102,7 @@ class Mount:
         up, work, mnt = self.base / "upper", self.base / "work", self.base / "mnt"
         if self.kind == "bare":
             (mnt / "walk").symlink_to(self.lower / "walk")
+            (mnt / "walk_nolink").symlink_to(self.lower / "walk_nolink")
             (mnt / "big").symlink_to(self.lower / "big")
             return mnt
         o = f"lowerdir={self.lower},upperdir={up},workdir={work}"
@@ -90,6 +113,9 @@ class Mount:
         elif self.kind == "fuse-overlayfs":
             subprocess.run(["fuse-overlayfs", "-o", o, str(mnt)], check=True)
         else:
+            src = None
+            if self.opts.startswith("@"):  # --src-variant: the package from another tree
+                src, self.opts = self.opts[1:], ""
             if self.opts:
                 o += "," + self.opts
             r, w = os.pipe()
@@ -106,6 +132,7 @@ class Mount:
                     str(mnt),
                 ],
                 pass_fds=[w],
+                cwd=src,
             )
             os.close(w)
             ready, _, _ = select.select([r], [], [], 30)
@@ -163,8 +190,8 @@ def run_once(mnt: Path, tar_path: Path, size_mb: int, bare: bool) -> dict[str, f
                 fh.write(payload)
 
     out["create_5000"] = timed(create)
-    walk = mnt / "walk"
-    out["stat_walk"] = timed(lambda: sh("find", str(walk) + "/", "-printf", "%s\n"))
+    for key, tree in (("stat_walk", "walk"), ("stat_walk_nolink", "walk_nolink")):
+        out[key] = timed(functools.partial(sh, "find", f"{mnt / tree}/", "-printf", "%s\n"))
     out["untar"] = timed(lambda: sh("tar", "-xf", str(tar_path), "-C", str(target)))
     out["rm_rf"] = timed(lambda: sh("rm", "-rf", str(target / "stdlib")))
     return out
@@ -181,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="NAME=OPTS: extra fuse_overlay run with these -o options",
+    )
+    ap.add_argument(
+        "--src-variant",
+        action="append",
+        default=[],
+        help="NAME=DIR: extra fuse_overlay run of the package in DIR (an A/B of code changes)",
     )
     ap.add_argument("--quick", action="store_true", help="1 rep, 50 MB, 5 walk copies")
     args = ap.parse_args(argv)
@@ -203,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.variant:
         name, _, opts = v.partition("=")
         kinds.append((f"fuse_overlay[{name}]", "fuse", opts))
+    for v in args.src_variant:
+        name, _, src = v.partition("=")
+        kinds.append((f"fuse_overlay<{name}>", "fuse", f"@{os.path.abspath(src)}"))
     with tempfile.TemporaryDirectory(prefix="bench-fo-", dir=os.environ.get("BENCH_TMP")) as tmp:
         base = Path(tmp)
         lower, tar_path = make_fixtures(base, args.size_mb, args.walk_copies)
         entries = sum(len(d) + len(f) for _, d, f in os.walk(lower / "walk"))
         print(
-            f"# stat walk: {entries} entries; stdlib tar: "
+            f"# stat walks: {entries} entries each; stdlib tar: "
             f"{tar_path.stat().st_size >> 20} MB; reps: {args.reps}",
             flush=True,
         )
@@ -227,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
 def report(results: dict[str, dict[str, list[float]]]) -> None:
     med = {k: {w: statistics.median(v) for w, v in r.items()} for k, r in results.items()}
     ref = med.get("fuse-overlayfs")
-    print(f"{'median seconds':24}" + "".join(f"{w:>13}" for w in WORKLOADS))
+    width = max(24, *(len(label) + 1 for label in med))
+    print(f"{'median seconds':{width}}" + "".join(f"{w:>17}" for w in WORKLOADS))
     for label, row in med.items():
-        print(f"{label:24}" + "".join(f"{row[w]:13.3f}" for w in WORKLOADS))
+        print(f"{label:{width}}" + "".join(f"{row[w]:17.3f}" for w in WORKLOADS))
     if ref:
-        print(f"\n{'ratio to fuse-overlayfs':24}" + "".join(f"{w:>13}" for w in WORKLOADS))
+        print(f"\n{'ratio to fuse-overlayfs':{width}}" + "".join(f"{w:>17}" for w in WORKLOADS))
         for label, row in med.items():
-            print(f"{label:24}" + "".join(f"{row[w] / ref[w]:13.2f}" for w in WORKLOADS))
+            print(f"{label:{width}}" + "".join(f"{row[w] / ref[w]:17.2f}" for w in WORKLOADS))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["fallocate", "set_parent_death_signal"]
+__all__ = ["RENAME_EXCHANGE", "fallocate", "renameat2", "set_parent_death_signal"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
@@ -18,6 +18,20 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), f"fallocate(fd={fd})")
+
+
+_AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(old: str, new: str, flags: int) -> None:
+    """``renameat2(2)`` of two paths, with flags (``RENAME_EXCHANGE``) ``os.rename`` lacks."""
+    if _renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old, None, new)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -105,6 +105,11 @@ class LayerStack:
     # -- basic facts -------------------------------------------------------------------------
 
     @property
+    def roots(self) -> tuple[str, ...]:
+        """Per layer, the prefix that makes a merged path real (``""`` for a root of ``/``)."""
+        return self._roots
+
+    @property
     def upper(self) -> Layer | None:
         return self.layers[0] if self.layers[0].writable else None
 

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from fuse_overlay._fuse import (
@@ -23,6 +23,7 @@ from fuse_overlay._fuse import (
     fuse_get_context,
     overrides,
 )
+from fuse_overlay._syscalls import RENAME_EXCHANGE, renameat2
 from fuse_overlay._syscalls import fallocate as _fallocate
 from fuse_overlay.attrs import Attributes
 from fuse_overlay.copyup import CopyUp
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["OverlayOperations"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+DirEntry = tuple[str, int, int, dict[str, int] | None, int]  # see readdir_entries
 RENAME_NOREPLACE = 1
 _IDENTITY = Ownership()
 _DEFAULT_TUNING = Tuning()
@@ -104,7 +106,8 @@ class OverlayOperations(Operations):  # type: ignore[misc]
         self._euid, self._egid = os.geteuid(), os.getegid()
         self._statfs_root = stack.layers[0].root
         self._files: dict[int, tuple[str, int]] = {}  # fd -> (merged path at open, layer)
-        self._opendirs: dict[int, str] = {}  # directory handle -> merged path
+        self._opendirs: dict[int, _DirHandle] = {}
+        self._described: set[str] = set()  # directories listed with READDIRPLUS attributes
         self._next_dir = itertools.count(1)
         self._dirty_links: set[int] = set()  # fds written whose inode has other names
         self._direct: set[int] = set()  # fds opened with direct_io (hard-linked files)
@@ -137,8 +140,6 @@ class OverlayOperations(Operations):  # type: ignore[misc]
     def _own_new(self, real: str) -> None:
         """Give a new object the caller's owner, as the kernel would."""
         uid, gid, _pid = fuse_get_context()
-        if self.ownership.squash_uid is not None or self.ownership.squash_gid is not None:
-            return
         uid, gid = self.ownership.on_disk(uid, gid)
         if uid == self._euid:
             uid = -1
@@ -212,7 +213,13 @@ class OverlayOperations(Operations):  # type: ignore[misc]
     def opendir(self, path: str) -> int:
         self.stack.dir_layers(path)  # ENOENT/ENOTDIR now rather than at readdir
         handle = next(self._next_dir)
-        self._opendirs[handle] = path
+        self._opendirs[handle] = _DirHandle(path)
+        return handle
+
+    def _dir(self, path: str | None, fh: int) -> _DirHandle:
+        handle = self._opendirs.get(fh)
+        if handle is None:  # a binding that lost our handle: list by name
+            handle = self._opendirs[fh] = _DirHandle(_need(path))
         return handle
 
     def _listing(self, path: str) -> list[Any]:
@@ -224,17 +231,66 @@ class OverlayOperations(Operations):  # type: ignore[misc]
 
     @op
     def readdir(self, path: str | None, fh: int) -> list[Any]:
-        return self._listing(self._opendirs.get(fh) or _need(path))
+        return self._listing(self._dir(path, fh).path)
 
     @handler
     def readdir_plus(self, path: str | None, fh: int) -> list[tuple[str, int, int]]:
-        """(name, inode, type) per entry for READDIRPLUS (``OverlayFUSE.readdir_fuse_3``)."""
-        path = self._opendirs.get(fh) or _need(path)
+        """(name, inode, type) per entry: the listing without attributes, for a binding that
+        does not use :meth:`readdir_entries`."""
+        dpath = self._dir(path, fh).path
         devs, ino_of = self.stack.devs, self.attrs.ino_of
         out = [(".", 1, stat.S_IFDIR), ("..", 1, stat.S_IFDIR)]
-        for name, layer, d_ino, dtype in self.stack.list_dir_entries(path):
+        for name, layer, d_ino, dtype in self.stack.list_dir_entries(dpath):
             out.append((name, ino_of((devs[layer], d_ino)), dtype))
         return out
+
+    @handler
+    def readdir_entries(
+        self, path: str | None, fh: int, offset: int, plus: bool
+    ) -> Iterator[DirEntry]:
+        """The directory from entry *offset* on, for a libfuse filler in offset mode:
+        ``(name, inode, type, attributes or None, offset of the next entry)``.
+
+        With *plus* (READDIRPLUS) each entry carries the attributes ``getattr`` would report,
+        so the kernel needs no LOOKUP per entry: a stat walk then costs one request per
+        directory instead of one per name.  The listing is taken at offset 0 and kept with the
+        handle, so offsets stay valid while the directory changes (``rewinddir`` relists).
+        """
+        handle = self._dir(path, fh)
+        if offset == 0 or handle.listing is None:
+            handle.listing = self.stack.list_dir_entries(handle.path)
+            # attributes once per directory: the kernel keeps the names it got (our timeouts
+            # are long and every change goes through it), so listing again needs none; should
+            # it have dropped some, it looks them up
+            handle.plus = handle.path not in self._described
+            self._described.add(handle.path)
+        return self._entries(handle.path, handle.listing, offset, plus and handle.plus)
+
+    def _entries(
+        self, dpath: str, listing: list[tuple[str, int, int, int]], offset: int, plus: bool
+    ) -> Iterator[DirEntry]:
+        if offset == 0:
+            yield ".", 1, stat.S_IFDIR, None, 1
+        if offset <= 1:
+            yield "..", 1, stat.S_IFDIR, None, 2
+        devs, ino_of, attrs_of = self.stack.devs, self.attrs.ino_of, self.attrs.of
+        roots = self.stack.roots
+        prefix = "" if dpath == "/" else dpath
+        for k in range(max(offset - 2, 0), len(listing)):
+            name, layer, d_ino, dtype = listing[k]
+            attrs = None
+            if plus:
+                child = prefix + "/" + name
+                real = roots[layer] + child
+                try:
+                    st = os.lstat(real)
+                except OSError:  # gone meanwhile: the kernel will look it up
+                    pass
+                else:
+                    attrs = attrs_of(real, st)
+                    if st.st_nlink > 1:
+                        self.attrs.note_links(child, st, attrs["st_ino"])
+            yield name, ino_of((devs[layer], d_ino)), dtype, attrs, k + 3
 
     @op
     def releasedir(self, path: str | None, fh: int) -> int:
@@ -429,6 +485,7 @@ class OverlayOperations(Operations):  # type: ignore[misc]
             lower = self.stack.lower_has(path)
             if node.layer == 0:
                 os.unlink(node.real)
+                self.attrs.gone(node.st)
             self._whiteout_if_lower(path, lower)
             if node.st.st_nlink > 1:
                 ino = self.attrs.ino(node.st)
@@ -451,17 +508,24 @@ class OverlayOperations(Operations):  # type: ignore[misc]
             if node.layer == 0:
                 clear_whiteouts(node.real)
                 os.rmdir(node.real)
+                self.attrs.gone(node.st)
             self.stack.forget(path)
+            self._described.discard(path)
             self._whiteout_if_lower(path, lower)
         return 0
 
     @op
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         copy = self._writable()
-        if flags & ~RENAME_NOREPLACE:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
             raise FuseOSError(errno.EINVAL)
         with self._mutex:
             src = self.stack.resolve(old)
+            if flags & RENAME_EXCHANGE:
+                self._exchange_locked(copy, src, self.stack.resolve(new))
+                return 0
             dst = self.stack.lookup(new)
             if dst is not None:
                 if flags & RENAME_NOREPLACE:
@@ -498,11 +562,42 @@ class OverlayOperations(Operations):  # type: ignore[misc]
         if dst is not None and dst.is_dir and os.path.isdir(real_dst):
             clear_whiteouts(real_dst)
         os.rename(real_src, real_dst)
+        if dst is not None and dst.layer == 0:
+            self.attrs.gone(dst.st)
         if src.is_dir and new_lower:
             set_opaque(real_dst)
         self.stack.forget(old)
         self.stack.forget(new)
         self._whiteout_if_lower(old, old_lower)
+
+    def _exchange_locked(self, copy: CopyUp, a: Node, b: Node) -> None:
+        """``renameat2(RENAME_EXCHANGE)``: both sides into the upper layer, one atomic exchange.
+
+        The kernel's overlayfs answers EXDEV when either side is a directory of a lower layer
+        (without ``redirect_dir``); here such a directory is copied up whole and made opaque
+        first, as :meth:`rename` does.  Both names stay occupied, so no whiteout is needed;
+        a directory that lands where a lower layer has the name is made opaque, so the lower
+        directory there cannot merge into it.
+        """
+        if os.path.samestat(a.st, b.st):
+            return
+        for node in (a, b):
+            if node.is_dir:
+                if self.stack.dir_layers(node.path) != (0,):
+                    copy.copy_tree(node.path)
+                    set_opaque(self.stack.real(0, node.path))
+                    self.stack.forget(node.path)
+            else:
+                copy.copy_up(node)
+        real_a, real_b = self.stack.real(0, a.path), self.stack.real(0, b.path)
+        renameat2(real_a, real_b, RENAME_EXCHANGE)
+        self.stack.forget(a.path)
+        self.stack.forget(b.path)
+        for moved, now in ((a, b.path), (b, a.path)):
+            if moved.is_dir and self.stack.lower_has(now):
+                set_opaque(self.stack.real(0, now))
+        self._described.discard(a.path)
+        self._described.discard(b.path)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -543,22 +638,29 @@ class OverlayOperations(Operations):  # type: ignore[misc]
 
     @op
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        disk_uid, disk_gid = self.ownership.on_disk(uid, gid)
+        if (uid != -1 and disk_uid == -1) or (gid != -1 and disk_gid == -1):
+            raise FuseOSError(errno.EINVAL)  # an id outside uidmapping/gidmapping
         target = self._meta_target(path, fh)
         current = self.attrs.override(target, self._stat(target))
         if current is not None:
-            new_uid = current.uid if uid == -1 else uid
-            new_gid = current.gid if gid == -1 else gid
+            # the override holds on-disk ids, as a real owner would (see ownership.py)
+            new_uid = current.uid if disk_uid == -1 else disk_uid
+            new_gid = current.gid if disk_gid == -1 else disk_gid
             value = format_override(new_uid, new_gid, current.mode)
             os.setxattr(target, override_name(target), value)
             self.attrs.forget_override(target)
             return 0
-        disk_uid, disk_gid = self.ownership.on_disk(uid, gid)
-        if (uid != -1 and disk_uid == -1) or (gid != -1 and disk_gid == -1):
-            raise FuseOSError(errno.EINVAL)
-        if isinstance(target, int):
-            os.chown(target, disk_uid, disk_gid)
-        else:
-            os.chown(target, disk_uid, disk_gid, follow_symlinks=False)
+        try:
+            if isinstance(target, int):
+                os.chown(target, disk_uid, disk_gid)
+            else:
+                os.chown(target, disk_uid, disk_gid, follow_symlinks=False)
+        except OSError as exc:
+            # squashed owners are all the union shows: like fuse-overlayfs, chown then
+            # succeeds even where the disk refuses it (tar and package managers chown a lot)
+            if not self.ownership.squashed or exc.errno not in (errno.EPERM, errno.EINVAL):
+                raise
         return 0
 
     @op
@@ -602,6 +704,17 @@ class OverlayOperations(Operations):  # type: ignore[misc]
         if name in OVERRIDE_XATTRS:
             self.attrs.forget_override(real)
         return 0
+
+
+class _DirHandle:
+    """An open directory: its merged path, and the listing readdir offsets index."""
+
+    __slots__ = ("path", "listing", "plus")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.listing: list[tuple[str, int, int, int]] | None = None
+        self.plus = True
 
 
 def _key(st: os.stat_result) -> tuple[int, int]:

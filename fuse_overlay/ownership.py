@@ -1,10 +1,17 @@
 """Ownership as the union shows it: uid/gid mappings, squashing and override_stat xattrs.
 
-``uidmapping=CONTAINER:HOST:LEN[:CONTAINER2:HOST2:LEN2...]`` has fuse-overlayfs's meaning: an
-owner HOST+k on disk is shown as CONTAINER+k, and the reverse is applied when writing.  The
-``user.containers.override_stat`` / ``user.fuseoverlayfs.override_stat`` xattrs hold
+``uidmapping=DISK:UNION:LEN[:DISK2:UNION2:LEN2...]`` has fuse-overlayfs's meaning (its man page
+``UID:MAPPED-UID:LEN``, ``find_mapping``): an owner DISK+k on disk is shown as UNION+k, and an
+owner UNION+k set through the union (chown, a new file's creator) is stored as DISK+k.  Ids
+outside every range are shown as the kernel's overflow id (65534); setting one is refused.
+containers/storage passes ``ContainerID:HostID:Size`` triples: its layers hold the container's
+ids, and the mount shows the ids the server's namespace knows them by.
+
+The ``user.containers.override_stat`` / ``user.fuseoverlayfs.override_stat`` xattrs hold
 ``uid:gid:mode[:type]`` (decimal ids, octal mode) as containers/storage writes them when it
-cannot chown; they win over the real owner and permission bits.
+cannot chown; they win over the real owner and permission bits.  Their ids are on-disk ids: the
+mapping applies to them exactly as to a real owner, and what chown stores there is mapped back.
+``squash_to_root`` / ``squash_to_uid`` / ``squash_to_gid`` change only what is shown.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "OVERRIDE_XATTRS",
+    "OVERFLOW_GID",
+    "OVERFLOW_UID",
     "IdMapping",
     "Override",
     "Ownership",
@@ -28,22 +37,24 @@ OVERRIDE_XATTRS = ("user.containers.override_stat", "user.fuseoverlayfs.override
 
 @dataclass(frozen=True, slots=True)
 class IdMapping:
-    """One range: ``container`` .. ``container+length`` shown for ``host`` .. ``host+length``."""
+    """One range: on-disk ids ``disk`` .. ``disk+length`` shown as ``union`` .. ``union+length``."""
 
-    container: int
-    host: int
+    disk: int
+    union: int
     length: int
 
     @staticmethod
     def parse_list(text: str) -> tuple[IdMapping, ...]:
-        """Parse ``C:H:L[:C:H:L...]`` (fuse-overlayfs also accepts ``,``-free colon lists)."""
+        """Parse ``D:U:L[:D:U:L...]`` (fuse-overlayfs also accepts ``,`` between triples)."""
         parts = [p for p in text.replace(",", ":").split(":") if p != ""]
         if not parts or len(parts) % 3:
-            raise ValueError(f"invalid id mapping {text!r}: expected CONTAINER:HOST:LENGTH triples")
+            raise ValueError(f"invalid id mapping {text!r}: expected ID:MAPPED-ID:LENGTH triples")
         try:
             numbers = [int(p) for p in parts]
         except ValueError:
             raise ValueError(f"invalid id mapping {text!r}: ids must be decimal") from None
+        if any(n < 0 for n in numbers):
+            raise ValueError(f"invalid id mapping {text!r}: ids must not be negative")
         return tuple(
             IdMapping(numbers[i], numbers[i + 1], numbers[i + 2]) for i in range(0, len(numbers), 3)
         )
@@ -70,15 +81,32 @@ def format_override(uid: int, gid: int, mode: int) -> bytes:
     return f"{uid}:{gid}:0{stat.S_IMODE(mode):o}".encode("ascii")
 
 
-OVERFLOW_ID = 65534
+def _overflow_id(kind: str) -> int:
+    """The kernel's overflow uid/gid: how an unmapped owner looks (fuse-overlayfs reads it too)."""
+    try:
+        with open(f"/proc/sys/kernel/overflow{kind}", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 65534
 
 
-def _map(value: int, ranges: tuple[IdMapping, ...], *, to_container: bool) -> int:
-    for r in ranges:
-        src, dst = (r.host, r.container) if to_container else (r.container, r.host)
-        if src <= value < src + r.length:
-            return dst + (value - src)
-    return OVERFLOW_ID if to_container else -1
+OVERFLOW_UID = _overflow_id("uid")
+OVERFLOW_GID = _overflow_id("gid")
+
+
+# fuse-overlayfs searches its ranges last one first: the same here, should two overlap
+def _to_union(value: int, ranges: tuple[IdMapping, ...], overflow: int) -> int:
+    for r in reversed(ranges):
+        if r.disk <= value < r.disk + r.length:
+            return r.union + (value - r.disk)
+    return overflow
+
+
+def _to_disk(value: int, ranges: tuple[IdMapping, ...]) -> int:
+    for r in reversed(ranges):
+        if r.union <= value < r.union + r.length:
+            return r.disk + (value - r.union)
+    return -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +126,16 @@ class Ownership:
             and (self.squash_gid is None)
         )
 
+    @property
+    def squashed(self) -> bool:
+        return self.squash_uid is not None or self.squash_gid is not None
+
     def shown(self, uid: int, gid: int) -> tuple[int, int]:
         """Owner shown in the union for on-disk owner (uid, gid)."""
         if self.uid_map:
-            uid = _map(uid, self.uid_map, to_container=True)
+            uid = _to_union(uid, self.uid_map, OVERFLOW_UID)
         if self.gid_map:
-            gid = _map(gid, self.gid_map, to_container=True)
+            gid = _to_union(gid, self.gid_map, OVERFLOW_GID)
         if self.squash_uid is not None:
             uid = self.squash_uid
         if self.squash_gid is not None:
@@ -111,11 +143,12 @@ class Ownership:
         return uid, gid
 
     def on_disk(self, uid: int, gid: int) -> tuple[int, int]:
-        """On-disk owner for an owner set through the union; -1 stays -1 (unchanged)."""
+        """On-disk owner for an owner set through the union; -1 stays -1 (unchanged) and an id
+        outside the mapping becomes -1 too (the caller refuses it)."""
         if self.uid_map and uid != -1:
-            uid = _map(uid, self.uid_map, to_container=False)
+            uid = _to_disk(uid, self.uid_map)
         if self.gid_map and gid != -1:
-            gid = _map(gid, self.gid_map, to_container=False)
+            gid = _to_disk(gid, self.gid_map)
         return uid, gid
 
 

@@ -12,7 +12,14 @@ import pytest
 from fuse_overlay.copyup import CopyUp, copy_sparse
 from fuse_overlay.layers import LayerStack
 from fuse_overlay.options import UsageError, parse_args, split_escaped
-from fuse_overlay.ownership import IdMapping, Ownership, format_override, parse_override
+from fuse_overlay.ownership import (
+    OVERFLOW_GID,
+    OVERFLOW_UID,
+    IdMapping,
+    Ownership,
+    format_override,
+    parse_override,
+)
 from fuse_overlay.whiteout import create_whiteout, is_opaque_dir, remove_whiteout, set_opaque
 
 
@@ -150,14 +157,21 @@ def test_override_stat_format() -> None:
     assert format_override(5, 6, stat.S_IFREG | 0o4755) == b"5:6:04755"
 
 
-def test_id_mappings_both_ways() -> None:
-    own = Ownership(uid_map=IdMapping.parse_list("0:1000:1:1:100000:65536"),
-                    gid_map=IdMapping.parse_list("0:1000:1"))
-    assert own.shown(1000, 1000) == (0, 0)
-    assert own.shown(100004, 1000) == (5, 0)
-    assert own.shown(7, 7) == (65534, 65534)
-    assert own.on_disk(5, 0) == (100004, 1000)
+def test_id_mappings_follow_fuse_overlayfs() -> None:
+    """``uidmapping=UID:MAPPED-UID:LEN``: an owner UID+k on disk is shown as MAPPED-UID+k (the
+    man page's example: files owned 0:0 and 1:1 on disk show as 1000 and 110000, which the user
+    namespace it describes shows as 0 and 1 again); setting an owner maps back."""
+    own = Ownership(uid_map=IdMapping.parse_list("0:1000:1:1:110000:65536"),
+                    gid_map=IdMapping.parse_list("0:1000:1,1:110000:65536"))
+    assert own.shown(0, 0) == (1000, 1000)
+    assert own.shown(1, 1) == (110000, 110000)
+    assert own.shown(1000, 5) == (110999, 110004)
+    assert own.on_disk(1000, 110004) == (0, 5)
     assert own.on_disk(-1, -1) == (-1, -1)
+    narrow = Ownership(uid_map=IdMapping.parse_list("0:1000:1"),
+                       gid_map=IdMapping.parse_list("0:1000:1"))
+    assert narrow.shown(7, 7) == (OVERFLOW_UID, OVERFLOW_GID)  # outside every range
+    assert narrow.on_disk(7, 1000) == (-1, 0)  # -1: refused by chown
     assert Ownership(squash_uid=0, squash_gid=0).shown(12, 34) == (0, 0)
     with pytest.raises(ValueError):
         IdMapping.parse_list("1:2")
@@ -208,12 +222,12 @@ def test_operations_getattr_applies_mapping_and_override(tmp_path: Path) -> None
     os.setxattr(low / "f", "user.containers.override_stat", f"{me}:1234:0600".encode())
     ops = OverlayOperations(
         LayerStack([str(low)]), None,
-        ownership=Ownership(uid_map=(IdMapping(10, me, 1),),
-                            gid_map=(IdMapping(20, os.getgid(), 1),)),
+        ownership=Ownership(uid_map=(IdMapping(me, 10, 1),),
+                            gid_map=(IdMapping(os.getgid(), 20, 1),)),
         read_only=True,
     )
     f, g, root = ops.getattr("/f"), ops.getattr("/g"), ops.getattr("/")
-    assert (f["st_uid"], f["st_gid"], stat.S_IMODE(f["st_mode"])) == (10, 65534, 0o600)
+    assert (f["st_uid"], f["st_gid"], stat.S_IMODE(f["st_mode"])) == (10, OVERFLOW_GID, 0o600)
     assert (g["st_uid"], g["st_gid"]) == (10, 20)
     assert root["st_ino"] == 1 and f["st_ino"] != g["st_ino"]
     assert ops.getattr("/f")["st_ino"] == f["st_ino"]
@@ -241,3 +255,58 @@ def test_command_round_trips_through_the_parser(tmp_path: Path) -> None:
     assert cfg.lowerdirs == (str(dirs["lo,w:1"]), str(dirs["l2"]))
     assert cfg.upperdir == str(dirs["u"]) and cfg.ready_fd == 7 and cfg.foreground
     assert cfg.ownership.squash_uid == 0
+
+
+def test_readdir_entries_carry_what_getattr_reports(stack: LayerStack, tmp_path: Path) -> None:
+    """READDIRPLUS entries hold the attributes a LOOKUP would get, and offsets resume."""
+    from fuse_overlay.operations import OverlayOperations
+
+    os.link(tmp_path / "low/d/x", tmp_path / "low/d/x2")  # a hard link: its names are noted
+    ops = OverlayOperations(stack, str(make(tmp_path / "work", {})))
+    fh = ops.opendir("/d")
+    entries = list(ops.readdir_entries("/d", fh, 0, True))
+    assert [e[0] for e in entries[:2]] == [".", ".."]
+    assert sorted(e[0] for e in entries[2:]) == ["x", "x2", "y"]
+    assert [e[4] for e in entries] == list(range(1, len(entries) + 1))
+    for name, ino, dtype, attrs, _next in entries[2:]:
+        assert attrs == ops.getattr(f"/d/{name}")
+        assert ino == attrs["st_ino"] and dtype == stat.S_IFMT(attrs["st_mode"])
+    assert {"/d/x", "/d/x2"} <= ops.attrs.links[ops.getattr("/d/x")["st_ino"]]
+    # a later request goes on from its offset; READDIR (not plus) carries no attributes
+    rest = list(ops.readdir_entries("/d", fh, 3, False))
+    assert [e[0] for e in rest] == [e[0] for e in entries[3:]]
+    assert all(e[3] is None for e in rest)
+    # the listing is the one taken at offset 0 until the directory is read from the start again
+    (tmp_path / "up/d").mkdir()
+    (tmp_path / "up/d/new").write_text("n")
+    stack.forget("/d")
+    assert "new" not in [e[0] for e in ops.readdir_entries("/d", fh, 2, False)]
+    assert "new" in [e[0] for e in ops.readdir_entries("/d", fh, 0, False)]
+    ops.releasedir("/d", fh)
+    # attributes go once per directory: the kernel keeps what it got (it looks up the rest)
+    fh = ops.opendir("/d")
+    assert all(e[3] is None for e in ops.readdir_entries("/d", fh, 0, True))
+    ops.releasedir("/d", fh)
+
+
+def test_rename_exchange_copies_up_and_swaps(stack: LayerStack, tmp_path: Path) -> None:
+    from fuse_overlay.operations import OverlayOperations
+
+    ops = OverlayOperations(stack, str(make(tmp_path / "work", {})))
+    ops.rename("/b", "/c", 2)  # a lower file and an upper one
+    assert (tmp_path / "up/b").read_text() == "up" and (tmp_path / "up/c").read_text() == "low"
+    ops.rename("/d", "/c", 2)  # a directory merged from two layers and a file: copied up whole
+    assert sorted(stack.list_dir("/c")) == ["x", "y"]
+    assert stack.resolve("/d").layer == 0 and not stack.resolve("/d").is_dir
+    assert (tmp_path / "up/d").read_text() == "low" and (tmp_path / "low/d/x").exists()
+    (tmp_path / "up/n").mkdir()
+    (tmp_path / "up/n/new").write_text("n")
+    stack.forget("/")
+    ops.rename("/n", "/o", 2)  # an upper-only directory lands where the lower layers have "o"
+    assert stack.list_dir("/o") == ["new"] and stack.list_dir("/n") == ["seen"]
+    assert is_opaque_dir(str(tmp_path / "up/o"))
+    for args, code in ((("/missing", "/a", 2), errno.ENOENT),
+                       (("/a", "/c", 3), errno.EINVAL), (("/a", "/c", 4), errno.EINVAL)):
+        with pytest.raises(OSError) as info:
+            ops.rename(*args)
+        assert info.value.errno == code
