@@ -153,21 +153,7 @@ class _OverlayFUSEBase(FUSE):  # type: ignore[misc,valid-type]
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
         """``getattr`` filling ``struct stat`` field by field (mfusepy loops over a dict)."""
         fh = fip.contents.fh if fip else None
-        a = self.operations.getattr(self._name(path), fh)
-        st = buf.contents
-        st.st_dev = 0
-        st.st_ino = a["st_ino"]
-        st.st_nlink = a["st_nlink"]
-        st.st_mode = a["st_mode"]
-        st.st_uid = a["st_uid"]
-        st.st_gid = a["st_gid"]
-        st.st_rdev = a["st_rdev"]
-        st.st_size = a["st_size"]
-        st.st_blksize = a["st_blksize"]
-        st.st_blocks = a["st_blocks"]
-        st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a["st_atime"], 1_000_000_000)
-        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a["st_mtime"], 1_000_000_000)
-        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a["st_ctime"], 1_000_000_000)
+        _fill_stat(buf.contents, self.operations.getattr(self._name(path), fh))
         return 0
 
     def open(self, path: bytes, fip: Any) -> int:
@@ -218,15 +204,27 @@ class _MfusepyOverlayFUSE(_OverlayFUSEBase):
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
-        """READDIRPLUS: libfuse looks every entry up (our ``getattr``) while it lists the
-        directory, so the kernel needs no LOOKUP round trip per entry afterwards."""
-        plus = getattr(self.operations, "readdir_plus", None)
-        if not flags & 1 or plus is None:
+        """READDIR and READDIRPLUS in libfuse's offset mode: each entry gets the offset of the
+        next, and with READDIRPLUS (flag 1) the attributes a LOOKUP would return
+        (``FUSE_FILL_DIR_PLUS``), so a stat walk needs no LOOKUP per name.  (Entries filled
+        with offset 0 go to a list whose READDIRPLUS attributes libfuse 3 drops: ino=0.)"""
+        entries = getattr(self.operations, "readdir_entries", None)
+        if entries is None:
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
         st = fuse.c_stat()
-        for name, ino, mode in plus(self._name(path), fip.contents.fh):
-            st.st_ino, st.st_mode = ino, mode
-            if filler(buf, name.encode(self.encoding, self.errors), st, 0, 2) != 0:
+        size = ctypes.sizeof(st)
+        enc, errs = self.encoding, self.errors
+        for name, ino, mode, attrs, next_offset in entries(
+            self._name(path), fip.contents.fh, offset, bool(flags & 1)
+        ):
+            if attrs is None:
+                ctypes.memset(ctypes.byref(st), 0, size)
+                st.st_ino, st.st_mode = ino, mode
+                fill = 0
+            else:
+                _fill_stat(st, attrs)
+                fill = 2  # FUSE_FILL_DIR_PLUS
+            if filler(buf, name.encode(enc, errs), st, next_offset, fill) != 0:
                 break
         return 0
 
@@ -300,6 +298,23 @@ class _FusepyOverlayFUSE(_OverlayFUSEBase):
 OverlayFUSE: type[_OverlayFUSEBase] = (
     _MfusepyOverlayFUSE if BINDING == "mfusepy" else _FusepyOverlayFUSE
 )
+
+
+def _fill_stat(st: Any, a: dict[str, int]) -> None:
+    """Fill a ``struct stat`` from our ``getattr`` dict (times in nanoseconds)."""
+    st.st_dev = 0
+    st.st_ino = a["st_ino"]
+    st.st_nlink = a["st_nlink"]
+    st.st_mode = a["st_mode"]
+    st.st_uid = a["st_uid"]
+    st.st_gid = a["st_gid"]
+    st.st_rdev = a["st_rdev"]
+    st.st_size = a["st_size"]
+    st.st_blksize = a["st_blksize"]
+    st.st_blocks = a["st_blocks"]
+    st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(a["st_atime"], 1_000_000_000)
+    st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(a["st_mtime"], 1_000_000_000)
+    st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(a["st_ctime"], 1_000_000_000)
 
 
 class Invalidator:

@@ -182,7 +182,8 @@ def test_options_like_fuse_overlayfs(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
     t = tmp_path
     cfg = parse_args(["-o", f"lowerdir={t}/l1:{t}/l2,upperdir={t}/u,workdir={t}/w",
-                      "-o", "squash_to_uid=3,noacl,volatile,allow_other,fsync=0", str(t / "m")])
+                      "-o", "squash_to_uid=3,noacl,volatile,allow_other,fsync=0",
+                      "-o", "max_read=131072", str(t / "m")])  # ignored, as fuse-overlayfs
     assert cfg.lowerdirs == (f"{t}/l1", f"{t}/l2")
     assert cfg.ownership.squash_uid == 3 and cfg.noacl and cfg.volatile
     assert cfg.fuse_options == {"allow_other": True}
