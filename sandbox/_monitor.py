@@ -188,6 +188,7 @@ class Monitor:
         self.open_streams = 0
         self.hostconfig: dict[str, Any] = {}
         self.cgroup = ""  # this run's cgroup v2, where delegated (sandbox._cgroups)
+        self.run_state: dict[str, Any] = {}  # as the current run was recorded
 
     def run(self) -> None:
         from sandbox.spec import spec_from_json
@@ -211,17 +212,21 @@ class Monitor:
                 [b["host_ip"], b["host_port"]])
         self.attach = AttachServer(self, self.cdir)
         restarts = int(cs.read_state(self.cdir).get("restart_count", 0))
+        first = True
         while True:
-            started = self._start(spec)
+            started = self._launch(spec, listeners, ports, restarts, first)
+            if started is None:
+                self._close_ports()  # stopped or removed while we waited to restart it
+                break
             if started.error is not None:
                 self._drop_cgroup()
                 self._record_exit(started.error.exit_code, error=started.error.one_line())
                 if not self.reported:
                     self._send({"error": _error_payload(started.error)})
                 break
-            if listeners:
-                self._start_forwarder(started.init_pid, listeners)
-            self._running(started, ports, restarts)
+            if not self.reported:
+                self._send({"ok": True, **{k: self.run_state[k]
+                                           for k in ("pid", "init_pid", "started_at")}})
             code = self._loop(started)
             from sandbox.runtime.process import stop_network
 
@@ -230,15 +235,43 @@ class Monitor:
             again = _should_restart(hc.get("restart") or "no", code, restarts, self.cdir)
             if not again:
                 self._close_ports()  # before the exit is recorded: `stop` returns after it
-            self._record_exit(code)
+            self._record_exit(code, restarting=again)
             if not again:
                 break
             restarts += 1
-            time.sleep(min(0.1 * (2 ** min(restarts, 6)), 5.0))
-            if not os.path.isdir(self.cdir) or cs.read_state(self.cdir).get("manual_stop"):
-                self._close_ports()  # stopped or removed while we waited to restart it
-                break
+            first = False
+            self._back_off(restarts)
         self._finish(spec, hc)
+
+    def _launch(self, spec: Any, listeners: list[Any], ports: dict[str, Any], restarts: int,
+                first: bool) -> Any:
+        """Start a run and record it as running; None: stopped or removed before a restart.
+
+        The state lock is held from the last look at ``manual_stop`` until the run is recorded
+        as running. ``lifecycle.stop`` sets the flag under the same lock and then reads the
+        state, so it either comes first (and no run starts) or finds this run recorded, with
+        its pids, and stops it: no run can slip in after ``stop`` has looked.
+        """
+        if not first and not os.path.isdir(self.cdir):
+            return None
+        with cs.state_lock(self.cdir):
+            if not first and cs.read_state(self.cdir).get("manual_stop"):
+                cs.update_state(self.cdir, restarting=False)
+                return None
+            started = self._start(spec)
+            if started.error is None:
+                if listeners:
+                    self._start_forwarder(started.init_pid, listeners)
+                self.run_state = self._running(started, ports, restarts)
+        return started
+
+    def _back_off(self, restarts: int) -> None:
+        """Docker's growing delay before a restart, cut short by a ``stop`` or an ``rm``."""
+        deadline = time.monotonic() + min(0.1 * (2 ** min(restarts, 6)), 5.0)
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+            if not os.path.isdir(self.cdir) or cs.read_state(self.cdir).get("manual_stop"):
+                return
 
     # -- start ----------------------------------------------------------------------------
     def _start(self, spec: Any) -> Any:
@@ -298,7 +331,7 @@ class Monitor:
             _cgroups.remove(self.cgroup)
             self.cgroup = ""
 
-    def _running(self, started: Any, ports: dict[str, Any], restarts: int) -> None:
+    def _running(self, started: Any, ports: dict[str, Any], restarts: int) -> dict[str, Any]:
         kids = cs.children_of(started.init_pid)
         for _ in range(20):
             if kids:
@@ -306,14 +339,11 @@ class Monitor:
             time.sleep(0.001)
             kids = cs.children_of(started.init_pid)
         main = kids[0] if kids else 0
-        me = os.getpid()
-        with cs.state_lock(self.cdir):
-            state = self._running_state(started, ports, restarts, main, me)
-        if not self.reported:
-            self._send({"ok": True, **{k: state[k] for k in ("pid", "init_pid", "started_at")}})
+        return self._running_state(started, ports, restarts, main, os.getpid())
 
     def _running_state(self, started: Any, ports: dict[str, Any], restarts: int, main: int,
                        me: int) -> dict[str, Any]:
+        """Record the run; the caller holds the state lock (``_launch``)."""
         state = cs.read_state(self.cdir)
         state.update(status="running", pid=main, pid_start=cs.proc_start_time(main),
                      init_pid=started.init_pid,
@@ -321,7 +351,8 @@ class Monitor:
                      monitor_pid=me, monitor_start=cs.proc_start_time(me),
                      started_at=cs.rfc3339(), finished_at="0001-01-01T00:00:00Z",
                      exit_code=0, error="", ports=ports, restart_count=restarts,
-                     manual_stop=False, time=time.time(), cgroup=self.cgroup)
+                     manual_stop=False, restarting=False, foreground=False, time=time.time(),
+                     cgroup=self.cgroup)
         cs.write_state(self.cdir, state)
         return state
 
@@ -447,13 +478,14 @@ class Monitor:
             pass
 
     # -- exit -----------------------------------------------------------------------------
-    def _record_exit(self, code: int, *, error: str = "") -> None:
+    def _record_exit(self, code: int, *, error: str = "", restarting: bool = False) -> None:
+        """``restarting``: the monitor will start the container again after its back-off."""
         try:
             with cs.state_lock(self.cdir):
                 cs.update_state(self.cdir, status="exited", exit_code=code,
                                 finished_at=cs.rfc3339(), pid=0, pid_start=0, init_pid=0,
                                 init_start=0, cpid=0, error=error, time=time.time(),
-                                cgroup="")
+                                cgroup="", restarting=restarting)
         except OSError:
             pass  # removed under us (rm -f)
 

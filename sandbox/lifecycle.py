@@ -422,11 +422,78 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
 # -- signals, stop, wait --------------------------------------------------------------------
 
 def kill(engine: Engine, ref: str, signal: str = "KILL") -> None:  # noqa: A002
+    """``docker kill``. As in Docker, SIGKILL, the stop signal, or any signal when the container
+    has no stop signal of its own, also ends the restart policy (moby ``killWithSignal``:
+    ``ExitOnNext``); a container between restarts is then stopped for good. SIGKILL waits until
+    the container is stopped, as ``docker kill`` does."""
     cid, cdir, cfg = _resolve(engine, ref)
+    sig = parse_signal(signal)
     st = _checked_state(engine, cid, cdir, cfg)
-    if st.get("status") not in _LIVE:
+    if st.get("status") not in _LIVE and not (st.get("restarting") and _monitor_alive(st)):
         raise ContainerNotRunning(str(cfg.get("name")), str(st.get("status")), "kill")
-    _ctl.send(st, parse_signal(signal))
+    if sig == _signal.SIGKILL:
+        _halt(engine, cid, cdir, cfg, sig, 0.0)
+        return
+    if _ends_restarts(cdir, sig):
+        st = _set_manual_stop(cdir)
+        if st.get("status") not in _LIVE:  # between restarts: there is no process to signal
+            _wait_owner(engine, cid, cdir, cfg, st)
+            return
+    if st.get("status") in _LIVE:
+        _ctl.send(st, sig)
+
+
+def _ends_restarts(cdir: str, sig: int) -> bool:
+    hc = cs.read_hostconfig(cdir)
+    own = hc.get("stop_signal") or hc.get("image_stop_signal")
+    return sig == _signal.SIGKILL or not own or parse_signal(str(own)) == sig
+
+
+def _monitor_alive(st: dict[str, Any]) -> bool:
+    return cs.alive(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0))
+
+
+def _set_manual_stop(cdir: str) -> dict[str, Any]:
+    """Tell the monitor not to restart the container, under the lock its restart check takes
+    (``sandbox._monitor.Monitor._launch``); returns the state as it is at that moment."""
+    try:
+        with cs.state_lock(cdir):
+            return cs.update_state(cdir, manual_stop=True)
+    except OSError:
+        return {"status": "removed"}
+
+
+def _halt(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any], sig: int,
+          timeout: float) -> dict[str, Any]:
+    """Stop the container for good, whatever its monitor is doing, and wait until it is.
+
+    The state read with ``manual_stop`` set is the whole truth: either a run is recorded in it
+    (that run is signalled, and after it the monitor restarts nothing) or no run will start
+    any more. Then the monitor is waited for, so that after ``stop`` nothing of this container
+    is left that could run it again or race a following ``start``. Returns that state.
+    """
+    st = _set_manual_stop(cdir)
+    if st.get("status") in _LIVE:
+        init_pid, init_start = int(st.get("init_pid") or 0), int(st.get("init_start") or 0)
+        if st.get("status") == "paused" or sig == _signal.SIGKILL:
+            _ctl.send(st, _signal.SIGKILL)
+        else:
+            _ctl.send(st, sig)
+            if not _ctl.wait_pid_exit(init_pid, init_start, timeout):
+                _ctl.send(st, _signal.SIGKILL)
+        _ctl.wait_pid_exit(init_pid, init_start, 10)
+    _wait_owner(engine, cid, cdir, cfg, st)
+    return st
+
+
+def _wait_owner(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
+                st: dict[str, Any]) -> None:
+    """Wait for the monitor to record the exit and go; a foreground owner (a CLI, maybe this
+    very process) only for the record."""
+    if not st.get("foreground"):
+        _ctl.wait_pid_exit(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0),
+                           10)
+    _wait_recorded(engine, cid, cdir, cfg)
 
 
 def _wait_recorded(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any],
@@ -450,30 +517,17 @@ def _stop_signal(cfg: dict[str, Any], cdir: str) -> str:
 
 def stop(engine: Engine, ref: str, *, timeout: float | None = 10,
          signal: str | None = None) -> None:  # noqa: A002
+    """``docker stop``: the stop signal, SIGKILL after ``timeout``; the restart policy does not
+    bring the container back (not even one already on its way back) until it is started."""
     cid, cdir, cfg = _resolve(engine, ref)
     st = _checked_state(engine, cid, cdir, cfg)
-    if st.get("status") not in _LIVE:
-        if cs.alive(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0)):
-            with cs.state_lock(cdir):
-                cs.update_state(cdir, manual_stop=True)  # between restarts: stay stopped
+    if st.get("status") not in _LIVE and not _monitor_alive(st):
         return
     if timeout is None:
         timeout = cs.read_hostconfig(cdir).get("stop_timeout")
         timeout = 10 if timeout is None else timeout
-    try:
-        with cs.state_lock(cdir):
-            st = cs.update_state(cdir, manual_stop=True)
-    except OSError:
-        pass
-    init_pid, init_start = int(st.get("init_pid") or 0), int(st.get("init_start") or 0)
-    if st.get("status") == "paused":
-        _ctl.send(st, _signal.SIGKILL)
-    else:
-        _ctl.send(st, parse_signal(signal or _stop_signal(cfg, cdir)))
-        if not _ctl.wait_pid_exit(init_pid, init_start, float(timeout)):
-            _ctl.send(st, _signal.SIGKILL)
-    _ctl.wait_pid_exit(init_pid, init_start, 10)
-    _wait_recorded(engine, cid, cdir, cfg)
+    _halt(engine, cid, cdir, cfg, parse_signal(signal or _stop_signal(cfg, cdir)),
+          float(timeout))
 
 
 def restart(engine: Engine, ref: str, *, timeout: float | None = 10) -> ContainerState:
@@ -565,25 +619,20 @@ def remove(engine: Engine, ref: str, *, force: bool = False, volumes: bool = Fal
     """``rm``: no process, mount or directory of the container is left."""
     cid, cdir, cfg = _resolve(engine, ref)
     st = _checked_state(engine, cid, cdir, cfg)
-    if st.get("status") in _LIVE:
-        if not force:
-            raise SandboxError(f"cannot remove container {cfg.get('name')}: container is "
-                               f"{st.get('status')}", hint="stop the container before removing "
-                                                           "or use rm -f")
-        try:
-            cs.update_state(cdir, manual_stop=True)
-        except OSError:
-            pass
-        _ctl.send(st, _signal.SIGKILL)
-        _ctl.wait_pid_exit(int(st.get("init_pid") or 0), int(st.get("init_start") or 0), 10)
-        _ctl.wait_pid_exit(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0), 10)
+    if st.get("status") in _LIVE and not force:
+        raise SandboxError(f"cannot remove container {cfg.get('name')}: container is "
+                           f"{st.get('status')}", hint="stop the container before removing "
+                                                       "or use rm -f")
+    if st.get("status") in _LIVE or _monitor_alive(st):
+        # running, or a monitor waiting to restart it (--restart) or finishing up
+        st = _halt(engine, cid, cdir, cfg, _signal.SIGKILL, 0.0)
         _ctl.kill_leftovers(st)
-    elif cs.alive(int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0)):
-        try:  # a monitor waiting to restart the container (--restart), or finishing up
-            os.kill(int(st["monitor_pid"]), _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _ctl.wait_pid_exit(int(st["monitor_pid"]), int(st.get("monitor_start") or 0), 5)
+        if not st.get("foreground") and _monitor_alive(st):  # stuck: not past the directory
+            try:
+                os.kill(int(st["monitor_pid"]), _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _ctl.wait_pid_exit(int(st["monitor_pid"]), int(st.get("monitor_start") or 0), 5)
     _remove_now(engine, cid, cdir, volumes=volumes)
 
 

@@ -351,6 +351,67 @@ def test_stop_and_remove_a_container_that_keeps_restarting(engine):
     assert not os.path.exists(engine.store.container_dir(s.id))
 
 
+def _catch_the_monitor_launching(cdir: str) -> tuple[int, int]:
+    """Wait for the moment the monitor starts the next run of a restarting container: it has
+    forked the run's first process, but the state still says ``exited`` (the run is not yet
+    recorded). Returns the monitor's (pid, start time)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st = cs.read_state(cdir)
+        mon = int(st.get("monitor_pid") or 0)
+        if st.get("status") == "exited" and mon and cs.children_of(mon):
+            return mon, int(st.get("monitor_start") or 0)
+        time.sleep(0.0005)
+    raise AssertionError(f"the monitor never started another run: {cs.read_state(cdir)}")
+
+
+@pytest.mark.parametrize("how", ["stop", "kill", "rm -f"])
+def test_stop_between_restarts_is_for_good(engine, how):
+    """``stop`` (``kill``, ``rm -f``) lands while the monitor is starting the next run of a
+    ``--restart always`` container, the window the restart loop had: once it returns, the
+    monitor is gone, the state is ``exited`` and stays so, and nothing runs again."""
+    for _ in range(3):
+        s = run_d(engine, ["sh", "-c", "exit 3"], host=lc.HostOptions(restart="always"))
+        cdir = engine.store.container_dir(s.id)
+        monitor = _catch_the_monitor_launching(cdir)
+        if how == "stop":
+            lc.stop(engine, s.id, timeout=1)
+        elif how == "kill":
+            lc.kill(engine, s.id)
+        else:
+            lc.remove(engine, s.id, force=True)
+            assert not cs.alive(*monitor) and not os.path.exists(cdir)
+            continue
+        st = cs.read_state(cdir)
+        assert st["status"] == "exited" and st["exit_code"] in (3, 137, 143), st
+        gone = not cs.alive(*monitor)
+        time.sleep(0.6)  # longer than the monitor's next back-off (0.4 s)
+        again = cs.read_state(cdir)
+        assert (again["status"], again["restart_count"], again["started_at"]) == (
+            "exited", st["restart_count"], st["started_at"])
+        assert gone  # nothing was left that could restart it
+
+
+def test_kill_ends_the_restart_policy_as_docker_does(engine):
+    """moby ``killWithSignal``: SIGKILL, the container's stop signal, or any signal when it has
+    none of its own, end the restart policy; another signal leaves it in force."""
+    cmd = ["sh", "-c", "trap 'exit 4' HUP; while true; do sleep 0.05; done"]
+    ended = run_d(engine, cmd, host=lc.HostOptions(restart="always"))
+    kept = run_d(engine, cmd, host=lc.HostOptions(restart="always", stop_signal="SIGUSR1"))
+    time.sleep(0.3)  # the traps are set
+    for s in (ended, kept):
+        lc.kill(engine, s.id, "HUP")
+    deadline = time.monotonic() + 10
+    while cs.read_state(engine.store.container_dir(kept.id)).get("restart_count", 0) < 1:
+        assert time.monotonic() < deadline, "the HUP was not followed by a restart"
+        time.sleep(0.05)
+    assert lc.wait(engine, ended.id, timeout=10) == 4
+    time.sleep(0.6)  # longer than the first back-off (0.2 s)
+    st = cs.read_state(engine.store.container_dir(ended.id))
+    assert (st["status"], st["exit_code"], st.get("restart_count")) == ("exited", 4, 0)
+    lc.stop(engine, kept.id, timeout=1)
+
+
 def test_detached_container_on_slirp4netns_has_its_tap(engine):
     import shutil
 
