@@ -70,6 +70,9 @@ def inspect_container(engine: Engine, cid: str, cfg: dict[str, Any], st: dict[st
     spec = cfg["spec"]
     status = st.get("status", "created")
     live = status in ("running", "paused")
+    restarting = status == "exited" and bool(st.get("restarting"))  # in its back-off
+    if restarting:
+        status = "restarting"  # as Docker shows a container between restarts
     ports: dict[str, Any] = {}
     for p in hc.get("ports", []):
         ports.setdefault(f"{p['container_port']}/{p['proto']}", None)
@@ -95,7 +98,7 @@ def inspect_container(engine: Engine, cid: str, cfg: dict[str, Any], st: dict[st
         "Args": argv[1:],
         "State": {
             "Status": status, "Running": status == "running" or status == "paused",
-            "Paused": status == "paused", "Restarting": False, "OOMKilled": False,
+            "Paused": status == "paused", "Restarting": restarting, "OOMKilled": False,
             "Dead": status == "dead", "Pid": int(st.get("pid") or 0) if live else 0,
             "ExitCode": int(st.get("exit_code") or 0), "Error": st.get("error", ""),
             "StartedAt": st.get("started_at") or "0001-01-01T00:00:00Z",

@@ -412,6 +412,21 @@ def test_kill_ends_the_restart_policy_as_docker_does(engine):
     lc.stop(engine, kept.id, timeout=1)
 
 
+def test_inspect_shows_a_container_between_restarts_as_restarting(engine):
+    s = run_d(engine, ["sh", "-c", "exit 3"], host=lc.HostOptions(restart="always"))
+    deadline = time.monotonic() + 10
+    while True:
+        state = lc.inspect(engine, s.id)["State"]
+        if state["Restarting"]:
+            break
+        assert time.monotonic() < deadline, "never seen between restarts"
+        time.sleep(0.01)
+    assert (state["Status"], state["Running"], state["ExitCode"]) == ("restarting", False, 3)
+    lc.stop(engine, s.id, timeout=1)
+    state = lc.inspect(engine, s.id)["State"]
+    assert (state["Status"], state["Restarting"]) == ("exited", False)
+
+
 def test_detached_container_on_slirp4netns_has_its_tap(engine):
     import shutil
 
