@@ -182,8 +182,10 @@ def _fuse_fingerprint() -> list[str]:
     """What the FUSE probe's answer depends on besides the kernel: the device, the interpreter
     that runs ``fuse_overlay`` and what it imports (installing mfusepy or fusepy changes a site
     directory), the shared libraries (installing libfuse runs ldconfig) and the environment
-    variables the bindings read. A few ``stat`` calls (about 12 µs), on every choice."""
-    parts = [sys.executable] + [f"{v}={os.environ.get(v, '')}" for v in
+    variables the bindings read. A few ``stat`` calls, made only when the choice needs FUSE."""
+    # the interpreter by what it is, not how it was named: python and python3 of one venv are
+    # one interpreter (a fingerprint that changed with the name re-probed on every alternation)
+    parts = [os.path.realpath(sys.executable)] + [f"{v}={os.environ.get(v, '')}" for v in
                                 ("FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME", "PYTHONPATH")]
     paths = ["/dev/fuse", "/etc/ld.so.cache"] + [
         p for p in sys.path if os.path.isabs(p) and p.endswith(("site-packages", "dist-packages"))]
@@ -209,40 +211,51 @@ def _cached(store: Store, release: str) -> dict[str, Any]:
     return cached if isinstance(cached, dict) and cached.get("kernel") == release else {}
 
 
-def _probes(store: Store, requested: str | None) -> dict[str, str]:
-    """The probe answers the choice needs, from the cache or probed now (and cached)."""
+NOT_PROBED = "not probed (kernel overlay is used)"
+
+
+def _probes(store: Store, requested: str | None, every: bool = False) -> dict[str, str]:
+    """The probe answers the choice needs, from the cache or probed now (and cached). FUSE is
+    asked only when the choice depends on it (kernel overlay refused, or ``fuse`` requested)
+    or ``every`` probe is wanted (``sandbox info``): a run on kernel overlay pays nothing."""
     release = os.uname().release
     cached = _cached(store, release)
     probes: dict[str, str] = dict(cached.get("probes") or {})
+    fingerprint = cached.get("fuse_fingerprint")
     changed = False
     if "overlay" not in probes:
         store.ensure()
         probes["overlay"] = probe_overlay(store)
         changed = True
-    fingerprint = _fuse_fingerprint()
-    fuse = probes.get("fuse")
-    if (fuse is None or cached.get("fuse_fingerprint") != fingerprint
-            or (requested == "fuse" and fuse != "ok")):
-        store.ensure()
-        probes["fuse"] = probe_fuse(store)
-        changed = True
-    probes = {"overlay": probes["overlay"], "fuse": probes["fuse"]}  # the order of preference
+    if every or requested == "fuse" or (requested is None and probes["overlay"] != "ok"):
+        current = _fuse_fingerprint()
+        fuse = probes.get("fuse")
+        if fuse is None or fingerprint != current or (requested == "fuse" and fuse != "ok"):
+            store.ensure()
+            probes["fuse"] = probe_fuse(store)
+            fingerprint, changed = current, True
+    # the order of preference; an answer not asked for stays as cached
+    probes = {"overlay": probes["overlay"], "fuse": probes.get("fuse", NOT_PROBED)}
     if changed:
+        cache = {"kernel": release, "probes": probes, "fuse_fingerprint": fingerprint}
+        if probes["fuse"] == NOT_PROBED:
+            cache["probes"] = {"overlay": probes["overlay"]}
         try:
-            store.write_json(_cache_path(store), {"kernel": release, "probes": probes,
-                                                  "fuse_fingerprint": fingerprint})
+            store.write_json(_cache_path(store), cache)
         except OSError:
             pass
     return probes
 
 
-def select_driver(store: Store, requested: str | None = None) -> DriverChoice:
-    """The driver to use, and why (with every probe's answer, for ``sandbox info``)."""
+def select_driver(store: Store, requested: str | None = None, *,
+                  every_probe: bool = False) -> DriverChoice:
+    """The driver to use, and why (with the probes' answers; ``every_probe`` for ``sandbox
+    info``, which shows them all)."""
     requested = requested or os.environ.get("SANDBOX_STORAGE_DRIVER") or None
     if requested is not None and requested not in DRIVERS:
         raise SandboxError(f"unknown storage driver {requested!r}",
                            hint="use overlay, fuse or copy")
-    probes = _probes(store, requested)
+    probes = _probes(store, requested, every_probe)
     if requested:
         if requested != "copy" and probes.get(requested, "ok") != "ok":
             raise SandboxError(f"storage driver {requested} is unavailable: {probes[requested]}")

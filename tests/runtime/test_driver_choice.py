@@ -157,3 +157,32 @@ def test_the_host_image_stays_on_kernel_overlay_and_says_when_it_cannot(cli, sto
             "grep -c ' overlay ' /proc/mounts")
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 0
+
+
+def test_a_run_on_kernel_overlay_does_not_probe_fuse(cli, store: Path):
+    cache = store / "driver-probe.json"
+    cache.write_text(json.dumps({"kernel": os.uname().release, "probes": {"overlay": "ok"}}))
+    r = cli("run", "--rm", "busybox", "true", env=NO_LIBFUSE)  # a probe would now fail
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cache.read_text())["probes"] == {"overlay": "ok"}
+    info = _info(cli, NO_LIBFUSE)  # info shows every probe: FUSE is probed for it
+    assert info["name"] == "overlay"
+    assert "/nonexistent/libfuse3.so.3" in info["probes"]["fuse"]
+
+
+def test_the_fuse_fingerprint_names_the_interpreter_not_its_spelling(monkeypatch, tmp_path):
+    """``python`` and ``python3`` of one venv are one interpreter: alternating them (the
+    console script's ``python3`` and ``python -m sandbox``) must not re-probe every run."""
+    from sandbox import drivers
+
+    real = tmp_path / "python3.11"
+    real.write_text("")
+    (tmp_path / "python3").symlink_to(real)
+    (tmp_path / "python").symlink_to("python3")
+    prints = []
+    for name in ("python", "python3"):
+        monkeypatch.setattr("sys.executable", str(tmp_path / name))
+        prints.append(drivers._fuse_fingerprint())
+    assert prints[0] == prints[1]
+    monkeypatch.setattr("sys.executable", str(real.with_name("python3.12")))
+    assert drivers._fuse_fingerprint() != prints[0]
