@@ -94,6 +94,7 @@ def launch_async(root: str, cid: str, map_mode: str) -> Launch:
     from sandbox.runtime.process import can_fork
 
     if can_fork():
+        from sandbox import _logs  # noqa: F401 - every monitor needs it: imported once here
         pid = os.fork()
         if pid == 0:
             try:
@@ -203,9 +204,11 @@ class Monitor:
         self.log = LogWriter(os.path.join(self.cdir, "log.json"),
                              max_size=int(hc.get("log_max_size") or DEFAULT_MAX_SIZE),
                              max_file=int(hc.get("log_max_file") or DEFAULT_MAX_FILE))
-        from sandbox._ports import bind_listeners
+        listeners: list[Any] = []
+        if hc.get("ports"):  # the forwarder's module costs 5 ms to import: only with -p
+            from sandbox._ports import bind_listeners
 
-        listeners = bind_listeners(list(hc.get("ports") or []))
+            listeners = bind_listeners(list(hc["ports"]))
         ports: dict[str, list[list[Any]]] = {}
         for _, b in listeners:
             ports.setdefault(f"{b['container_port']}/{b['proto']}", []).append(
