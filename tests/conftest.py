@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "sandbox"))  # registry_fixtures, imagetest_helpers
 
 import imagekit  # noqa: E402
 
@@ -135,3 +136,27 @@ def host_dir(tmp_path: Path) -> Iterator[Path]:
         from sandbox.runtime.userns import chown_tree, run_in_userns
 
         run_in_userns(chown_tree, str(d), 0, 0)
+
+
+@pytest.fixture(scope="session")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Distribution registries started on first use (anon, basic, token, tls); stopped at end."""
+    from registry_fixtures import Registries
+
+    regs = Registries(tmp_path_factory.mktemp("registries"))
+    try:
+        yield regs
+    finally:
+        regs.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[object]:
+    """A scriptable fake registry on 127.0.0.1 (``registry_fixtures.FakeRegistry``)."""
+    from registry_fixtures import FakeRegistry
+
+    f = FakeRegistry()
+    try:
+        yield f
+    finally:
+        f.stop()

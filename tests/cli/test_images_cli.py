@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,24 +27,6 @@ from registry_fixtures import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.requires_userns
-
-
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
-    regs = Registries(tmp_path_factory.mktemp("registries"))
-    try:
-        yield regs
-    finally:
-        regs.stop()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    f = FakeRegistry()
-    try:
-        yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture

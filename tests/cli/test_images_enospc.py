@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ echo "tmp=$(ls -A "$SANDBOX_ROOT/tmp" 2>/dev/null | wc -l)"
 echo "layers=$(ls -A "$SANDBOX_ROOT/layers" 2>/dev/null | wc -l)"
 echo "images=$("$PY" -m sandbox images -aq | wc -l)"
 """
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    f = FakeRegistry()
-    try:
-        yield f
-    finally:
-        f.stop()
 
 
 def _on_tiny_disk(tmp_path: Path, *args: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import io
 import json
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from imagetest_helpers import Sandbox, serve_image  # noqa: E402
 from registry_fixtures import FakeRegistry, make_image, make_index  # noqa: E402
 
 pytestmark = pytest.mark.requires_userns
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    f = FakeRegistry()
-    try:
-        yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,15 +58,6 @@ def umoci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
            "--config.cmd=/opt/app/run.sh", "--config.workingdir=/opt/app",
            "--config.label=made.by=umoci")
     return layout
-
-
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
-    regs = Registries(tmp_path_factory.mktemp("registries"))
-    try:
-        yield regs
-    finally:
-        regs.stop()
 
 
 def _check_runs(sb: Sandbox, ref: str) -> None:

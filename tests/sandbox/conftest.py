@@ -6,19 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_fixtures import DirStore, FakeRegistry, Registries
+from registry_fixtures import DirStore
 
 from sandbox.registry import RegistryClient
-
-
-@pytest.fixture(scope="session")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
-    """Distribution registries started on first use (anon, basic, token, tls); stopped at end."""
-    regs = Registries(tmp_path_factory.mktemp("registries"))
-    try:
-        yield regs
-    finally:
-        regs.stop()
 
 
 @pytest.fixture
@@ -46,10 +36,3 @@ def store(tmp_path: Path) -> DirStore:
     return DirStore(tmp_path / "store")
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    f = FakeRegistry()
-    try:
-        yield f
-    finally:
-        f.stop()
