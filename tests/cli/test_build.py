@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from buildtest_helpers import make_context as _context
+from buildtest_helpers import run_build as _build
+from buildtest_helpers import store_image as _image
 
 from sandbox.runtime.idmap import detect_mapping
 
 pytestmark = pytest.mark.requires_userns
-
-
-def _context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir(parents=True, exist_ok=True)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    for name, content in (files or {}).items():
-        path = ctx / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return ctx
-
-
-def _image(store: Path, name: str) -> Any:
-    from sandbox.images import ImageStore
-    from sandbox.store import Store
-
-    return ImageStore(Store(store)).get(name)
 
 
 def _has_image(store: Path, name: str) -> bool:
@@ -52,13 +33,6 @@ def _layer_members(store: Path, digest: str) -> dict[str, tarfile.TarInfo]:
     blob = store / "blobs" / "sha256" / digest.removeprefix("sha256:")
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob.read_bytes()))) as tar:
         return {m.name: m for m in tar}
-
-
-def _build(cli, *args: str, ok: bool = True, **kw: Any) -> Any:
-    proc = cli("build", *args, timeout=180, **kw)
-    if ok:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 # -- output and the CLI -------------------------------------------------------------------------
@@ -261,29 +235,6 @@ def test_add_extracts_local_tar(cli, busybox_image: str, tmp_path: Path) -> None
         tar.add(inner, arcname="pkg/inner.txt")
     _build(cli, "-t", "addtar", str(ctx))
     assert cli("run", "--rm", "addtar").stdout == "inside\nbundle.tar.gz\n"
-
-
-@pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_add_url_with_checksum(cli, busybox_image: str, tmp_path: Path,

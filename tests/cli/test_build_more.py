@@ -3,69 +3,19 @@ network escalation, tag validation, -q failures and interrupted builds."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import os
 import subprocess
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from buildtest_helpers import make_context as _context
+from buildtest_helpers import run_build as _build
+from buildtest_helpers import store_image as _image
 
 pytestmark = pytest.mark.requires_userns
-
-
-def _context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir(parents=True, exist_ok=True)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    for name, content in (files or {}).items():
-        path = ctx / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return ctx
-
-
-def _image(store: Path, name: str) -> Any:
-    from sandbox.images import ImageStore
-    from sandbox.store import Store
-
-    return ImageStore(Store(store)).get(name)
-
-
-def _build(cli, *args: str, ok: bool = True, **kw: Any) -> Any:
-    proc = cli("build", *args, timeout=180, **kw)
-    if ok:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-@pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A loopback HTTP server of a directory."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _targz(path: Path, members: dict[str, bytes]) -> None:

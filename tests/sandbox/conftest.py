@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry_fixtures import DirStore
@@ -36,3 +37,19 @@ def store(tmp_path: Path) -> DirStore:
     return DirStore(tmp_path / "store")
 
 
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Any:
+    """An image store in ``tmp_path/root``."""
+    from sandbox.images import ImageStore
+    from sandbox.store import Store
+
+    return ImageStore(Store(tmp_path / "root"))
+
+
+@pytest.fixture
+def rc(auth_env: Path) -> Iterator[RegistryClient]:
+    """A registry client that gives up fast (tests of failures)."""
+    with RegistryClient(retries=1, backoff=0.01, timeout=10) as c:
+        yield c

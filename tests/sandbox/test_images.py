@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,6 @@ pytestmark = pytest.mark.requires_userns
 LAYERS = [{"bin/hello": b"hello\n", "etc/motd": b"base\n"},
           {"etc/motd": b"second\n", "opt/app/data": b"x" * 5000},
           {"opt/app/zstd-file": b"zstd layer\n"}]
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> ImageStore:
-    return ImageStore(Store(tmp_path / "root"))
-
-
-@pytest.fixture
-def rc(auth_env: Path) -> Iterator[RegistryClient]:
-    with RegistryClient(retries=1, backoff=0.01, timeout=10) as c:
-        yield c
 
 
 def _layer_file(images: ImageStore, chain: str, rel: str) -> bytes:

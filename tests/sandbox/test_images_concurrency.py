@@ -8,7 +8,7 @@ collection) runs at the exact point where a pull has decided what the store hold
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,6 @@ from sandbox.store import Store
 pytestmark = pytest.mark.requires_userns
 
 LAYERS = [{"bin/tool": b"tool\n"}, {"etc/conf": b"conf\n"}]
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> ImageStore:
-    return ImageStore(Store(tmp_path / "root"))
-
-
-@pytest.fixture
-def rc(auth_env: Path) -> Iterator[RegistryClient]:
-    with RegistryClient(retries=1, backoff=0.01, timeout=10) as c:
-        yield c
 
 
 def _meanwhile(action: Callable[[], object], wait: float = 2.0) -> threading.Thread:
