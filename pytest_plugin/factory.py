@@ -32,6 +32,7 @@ LABEL_SESSION = "io.rootless-sandbox.pytest.session"
 LABEL_OWNER = "io.rootless-sandbox.pytest.owner"  # "pid:starttime" of the pytest process
 LABEL_TEST = "io.rootless-sandbox.pytest.test"
 KEEP_ALIVE = ("sleep", "infinity")
+PREPARE_AHEAD = 2  # isolated tests whose containers are set up ahead: two producers overlap
 logger = logging.getLogger(__name__)
 
 
@@ -77,6 +78,7 @@ class SandboxFactory:
         self._prepared: dict[str, tuple[Any, Any]] = {}  # nodeid -> (spec, Prepared), isolate
         self._in_use: dict[str, Any] = {}  # spec id -> the Prepared a test body runs in
         self._draining: dict[str, Any] = {}  # spec id -> a discarded Prepared not yet reaped
+        self._order: dict[int, int] | None = None  # id(item) -> its place in session.items
 
     # -- engine --------------------------------------------------------------------------------
     @property
@@ -298,32 +300,45 @@ class SandboxFactory:
         cfg.setdefault("spec", {}).setdefault("labels", {})["io.rootless-sandbox.pytest.kept"] = "1"
         store.write_json(path, cfg)
 
-    def prepare_ahead(self, item: pytest.Item | None) -> None:
-        """Set up the container of ``item`` (the next test, when it is ``isolate=True``) now,
-        in a forked helper, so that its namespaces and mounts are made on the other core while
-        the current test runs; :meth:`take_prepared` hands it over. Only where this process
-        may fork (not in a threaded xdist worker: those set up each container in line)."""
-        for nodeid in [n for n in self._prepared if item is None or n != item.nodeid]:
+    def upcoming(self, item: pytest.Item | None, count: int = PREPARE_AHEAD) -> list[pytest.Item]:
+        """``item`` (the next test) and the ones after it in the session's run order."""
+        if item is None:
+            return []
+        items = item.session.items
+        if self._order is None or len(self._order) != len(items):
+            self._order = {id(it): i for i, it in enumerate(items)}
+        i = self._order.get(id(item))
+        return [item] if i is None else list(items[i:i + count])
+
+    def prepare_ahead(self, items: list[pytest.Item]) -> None:
+        """Set up the containers of ``items`` (the next tests, those that are
+        ``isolate=True``) now, each in a forked helper, so that their namespaces and mounts
+        are made on the other core while the current test runs; :meth:`take_prepared` hands
+        them over. Only where this process may fork (not in a threaded xdist worker: those set
+        up each container in line)."""
+        wanted = {it.nodeid for it in items}
+        for nodeid in [n for n in self._prepared if n not in wanted]:
             self._drop_prepared(self._prepared.pop(nodeid))  # its test did not take it
-        if item is None or item.nodeid in self._prepared or \
-                item.get_closest_marker("container") is None:
-            return
         from pytest_plugin.plugin import item_request
         from sandbox.runtime.process import can_fork, prepare_callable
 
-        try:
-            req = item_request(item)
-            if not req.isolate or not can_fork():
-                return
-            spec = self.isolate_spec(item, req)
-            from pytest_plugin.isolate import frozen_heap
+        for item in items:
+            if item.nodeid in self._prepared or item.get_closest_marker("container") is None:
+                continue
+            try:
+                req = item_request(item)
+                if not req.isolate or not can_fork():
+                    continue
+                spec = self.isolate_spec(item, req)
+                from pytest_plugin.isolate import frozen_heap
 
-            with frozen_heap():
-                self._prepared[item.nodeid] = (spec, prepare_callable(spec, self.engine.mapping))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the test's own call reports it
-            logger.debug("not preparing %s ahead: %r", item.nodeid, exc)
+                with frozen_heap():
+                    self._prepared[item.nodeid] = (
+                        spec, prepare_callable(spec, self.engine.mapping))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the test's own call reports it
+                logger.debug("not preparing %s ahead: %r", item.nodeid, exc)
 
     def take_prepared(self, item: pytest.Item) -> tuple[Any, Any]:
         """(spec, prepared container) set up ahead for ``item``, or (None, None)."""
@@ -419,7 +434,7 @@ class SandboxFactory:
             with contextlib.suppress(Exception):
                 self.remove(container)
         with contextlib.suppress(Exception):
-            self.prepare_ahead(None)
+            self.prepare_ahead([])
         for spec in self._isolate_pool.values():
             self._reap_draining(spec.id)
             with contextlib.suppress(Exception):

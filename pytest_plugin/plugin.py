@@ -159,7 +159,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         if spec is None:
             spec = factory.isolate_spec(pyfuncitem, req)
         pyfuncitem.stash[ISOLATED_KEY] = spec
-        factory.prepare_ahead(factory.next_item)  # set up while this body runs
+        factory.prepare_ahead(factory.upcoming(factory.next_item))  # set up while it runs
         try:
             isolate.run_isolated(pyfuncitem, req, spec, factory.engine.mapping, prepared)
         except (KeyboardInterrupt, SystemExit):

@@ -113,14 +113,22 @@ def test_first(tmp_path_factory):
     time.sleep(0.5)  # the next test's container is set up meanwhile
     (tmp_path_factory.getbasetemp() / "first_end").write_text(str(_uptime()))
 
-@pytest.mark.container(isolate=True)
-def test_second(tmp_path_factory):
+def _made_during_first(tmp_path_factory):
     first_end = float((tmp_path_factory.getbasetemp() / "first_end").read_text())
     with open("/proc/1/stat") as f:
         started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
-    assert started < first_end, "the container was made after the previous test ended"
+    assert started < first_end, "the container was made after the first test ended"
+
+@pytest.mark.container(isolate=True)
+def test_second(tmp_path_factory):
+    _made_during_first(tmp_path_factory)
     assert os.getpid() != 1 and not os.path.exists("/etc/from-first")
     open("/etc/from-second", "w").close()
+
+@pytest.mark.container(isolate=True)
+def test_second_too(tmp_path_factory):
+    _made_during_first(tmp_path_factory)  # two tests ahead: their set-ups overlap
+    assert not os.path.exists("/etc/from-second")
 
 @pytest.mark.container(isolate=True, timeout=2)
 def test_third():
@@ -148,7 +156,7 @@ def test_isolated_tests_run_in_containers_set_up_ahead(pytester: pytest.Pytester
 
     pytester.makepyfile(test_iso_ahead=ISOLATED_AHEAD)
     result = run_inner("-q", "-p", "no:randomly")
-    result.assert_outcomes(passed=3, skipped=1, failed=1)
+    result.assert_outcomes(passed=4, skipped=1, failed=1)
     result.stdout.fnmatch_lines(["*timed out after 2s*"])
     assert containers_left() == []
     assert processes_with(f"--sandbox-root={store_root}") == []  # no helper, holder or body
