@@ -234,17 +234,6 @@ class OverlayOperations(Operations):  # type: ignore[misc]
         return self._listing(self._dir(path, fh).path)
 
     @handler
-    def readdir_plus(self, path: str | None, fh: int) -> list[tuple[str, int, int]]:
-        """(name, inode, type) per entry: the listing without attributes, for a binding that
-        does not use :meth:`readdir_entries`."""
-        dpath = self._dir(path, fh).path
-        devs, ino_of = self.stack.devs, self.attrs.ino_of
-        out = [(".", 1, stat.S_IFDIR), ("..", 1, stat.S_IFDIR)]
-        for name, layer, d_ino, dtype in self.stack.list_dir_entries(dpath):
-            out.append((name, ino_of((devs[layer], d_ino)), dtype))
-        return out
-
-    @handler
     def readdir_entries(
         self, path: str | None, fh: int, offset: int, plus: bool
     ) -> Iterator[DirEntry]:
