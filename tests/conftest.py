@@ -160,3 +160,24 @@ def fake() -> Iterator[object]:
         yield f
     finally:
         f.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Tests unpack images whose files belong to subordinate uids (with subuid ranges) into
+    their temporary directories. Give them back to the user at the end, so that pytest's own
+    clean-up of old base temp dirs (it keeps three) can delete them later instead of leaving
+    undeletable "garbage-*" dirs and failing later runs with a ResourceWarning. Done once, by
+    the controller (xdist workers' dirs are inside its base temp)."""
+    if hasattr(session.config, "workerinput") or subuid_problem() is not None:
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or not os.path.isdir(basetemp):
+        return
+    from sandbox.runtime.userns import chown_tree, run_in_userns
+
+    try:
+        run_in_userns(chown_tree, str(basetemp), 0, 0)  # root inside is the user outside
+    except Exception as exc:  # noqa: BLE001 - the run's result stands; say why, once
+        print(f"\nconftest: could not give {basetemp}'s files back to the user: {exc}",
+              file=sys.stderr)
