@@ -373,48 +373,6 @@ def _multiuid(root: Path) -> dict[str, Any]:
     return out
 
 
-def stdlib_tar(path: Path) -> Path:
-    """A tar of this Python's standard library (no caches, no site-packages), owned by 0."""
-    import tarfile
-
-    stdlib = Path(os.path.dirname(os.__file__))
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = info.name.split("/")
-        if {"__pycache__", "site-packages", "dist-packages"} & set(parts):
-            return None
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        return info
-
-    with tarfile.open(path, "w") as tar:
-        tar.add(stdlib, arcname="stdlib", filter=keep)
-    return path
-
-
-def run_workload(root: Path, kinds: list[str]) -> dict[str, Any]:
-    """Untar the standard library into the mount, byte-compile it, snapshot, remove it."""
-    tar = stdlib_tar(root / "stdlib.tar")
-    out: dict[str, Any] = {}
-    for kind in kinds:
-        lowers, upper, work, mnt = prepare(root / kind, [fo_scenarios.BASE])
-        try:
-            with mounted(kind, lowers, upper, work, mnt) as m:
-                start = time.monotonic()
-                subprocess.run(["tar", "-xf", str(tar), "-C", str(m)], check=True)
-                subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "1",
-                                "--invalidation-mode", "checked-hash", "-d", "/stdlib",
-                                str(m / "stdlib")],
-                               check=False, capture_output=True)
-                snap = fo_scenarios.snapshot(m / "stdlib")
-                subprocess.run(["rm", "-rf", str(m / "stdlib")], check=True)
-                out[kind] = {"snapshot": snap, "after_rm": sorted(os.listdir(m)),
-                             "seconds": time.monotonic() - start}
-        except Exception:
-            out[kind] = {"exception": traceback.format_exc(limit=4)}
-    return out
-
-
 def make_removable(root: Path) -> None:
     """The kernel leaves ``work/work`` at mode 000: let the caller delete the tree."""
     for dirpath, dirnames, _files in os.walk(root):
@@ -431,8 +389,6 @@ def main() -> int:
         names = request.get("names") or sorted(fo_scenarios.SCENARIOS)
         answer: Any = run_scenarios(root, request["kinds"], names)
         answer["_libfuse"] = sorted(LIBFUSE_SEEN)
-    elif request["mode"] == "workload":
-        answer = run_workload(root, request["kinds"])
     elif request["mode"] == "cli":
         answer = run_cli(root)
     elif request["mode"] == "options":
