@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import processes_with
 
 from sandbox.runtime.idmap import detect_mapping
 
@@ -288,11 +289,15 @@ def test_command_not_executable_is_126(cli, busybox_image):
 ])
 def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, args, message):
     before = set(os.listdir(session_store / "containers"))
-    r = cli("run", "--rm", *[busybox_image if a == "@IMAGE" else a for a in args])
+    token = f"h{os.getpid()}x{time.monotonic_ns()}"  # in the command line of every process
+    r = cli("run", "--rm", "--hostname", token,
+            *[busybox_image if a == "@IMAGE" else a for a in args])
     assert r.returncode == 125, r.stderr
     assert message in r.stderr
     assert len(r.stderr.strip().split("\n")) == 1 and "Traceback" not in r.stderr
     assert set(os.listdir(session_store / "containers")) == before
+    # the container's first process, forked before the error was found, is gone too
+    assert processes_with(token) == []
 
 
 def test_run_without_rm_keeps_an_exited_container(cli, busybox_image, session_store: Path):
