@@ -340,13 +340,33 @@ class SandboxFactory:
             except BaseException as exc:  # noqa: BLE001 - the test's own call reports it
                 logger.debug("not preparing %s ahead: %r", item.nodeid, exc)
 
-    def take_prepared(self, item: pytest.Item) -> tuple[Any, Any]:
-        """(spec, prepared container) set up ahead for ``item``, or (None, None)."""
+    def take_prepared(self, item: pytest.Item, req: ContainerRequest) -> tuple[Any, Any]:
+        """(spec, prepared container) for ``item``: set up ahead, or now where this process may
+        fork; else (spec, None), for ``run_callable``."""
         found = self._prepared.pop(item.nodeid, None)
         if found is None:
-            return None, None
+            from sandbox.runtime.process import can_fork, prepare_callable
+
+            spec = self.isolate_spec(item, req)
+            if not can_fork():
+                return spec, None
+            from pytest_plugin.isolate import frozen_heap
+
+            with frozen_heap():
+                found = (spec, prepare_callable(spec, self.engine.mapping))
         self._in_use[found[0].id] = found[1]
         return found
+
+    def writable_layer(self, spec: Any) -> str | None:
+        """Where an isolated test's writable layer can be read now (None: it was in memory and
+        is gone)."""
+        prepared = self._in_use.get(spec.id)
+        if prepared is not None:
+            try:
+                return str(prepared.upper())
+            except Exception:  # noqa: BLE001 - its setup failed: nothing was written
+                return None
+        return None if spec.rootfs.scratch else str(spec.rootfs.upper)
 
     def _drop_prepared(self, pair: tuple[Any, Any]) -> None:
         spec, prepared = pair
@@ -363,7 +383,7 @@ class SandboxFactory:
         binds = self._isolate_binds(req)
         workdir = req.workdir or os.getcwd()
         key = json.dumps([req.image, req.network, req.volumes, req.env, workdir,
-                          req.storage_driver, binds])
+                          req.storage_driver, binds, req.keep])
         pooled = self._isolate_pool.pop(key, None)
         if pooled is not None:
             draining = self._draining.pop(pooled.id, None)
@@ -372,9 +392,14 @@ class SandboxFactory:
             return pooled
         mounts = [parse_volume(v) for v in req.volumes]
         mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
+        from sandbox.runtime.process import can_fork
+
+        # a layer that is not kept lives in memory (RootfsSpec.scratch) where the body runs in a
+        # prepared container, whose layer the diff of a failure can still read
         opts = RunOptions(env=req.env, workdir=workdir, network=req.network,
                           mounts=tuple(mounts), remove=False, labels=self.labels(item),
-                          storage_driver=req.storage_driver, volatile=True)
+                          storage_driver=req.storage_driver, volatile=True,
+                          scratch=req.keep == "none" and can_fork())
         spec = self.engine.create(req.image, ["true"], opts)
         self._isolate_state[spec.id] = (key, _snapshot(spec))
         return spec

@@ -272,12 +272,13 @@ def apply_child_report(item: pytest.Item, call: pytest.CallInfo[None],
         report.longrepr = f"{path}:{(lineno or 0) + 1}: {call.excinfo.value}"
 
 
-def upper_diff(spec: Any) -> list[tuple[str, str]]:
+def upper_diff(spec: Any, upper: str | None = None) -> list[tuple[str, str]]:
     """What the test body changed: A/C/D read from the writable layer (overlayfs format:
-    a 0:0 character device or a ``.wh.`` file is a deletion)."""
+    a 0:0 character device or a ``.wh.`` file is a deletion), at ``upper`` (default: the
+    spec's own)."""
     import stat
 
-    upper = spec.rootfs.upper
+    upper = upper or spec.rootfs.upper
     lowers = ["/"] if spec.rootfs.host else list(spec.rootfs.lowers)
     out: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(upper):

@@ -155,9 +155,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     factory = pyfuncitem.config.stash[FACTORY_KEY]
     with rendered(f"isolate in {req.image}"):
-        spec, prepared = factory.take_prepared(pyfuncitem)
-        if spec is None:
-            spec = factory.isolate_spec(pyfuncitem, req)
+        spec, prepared = factory.take_prepared(pyfuncitem, req)
         pyfuncitem.stash[ISOLATED_KEY] = spec
         factory.prepare_ahead(factory.upcoming(factory.next_item))  # set up while it runs
         try:
@@ -178,9 +176,13 @@ def _finish_isolated(item: pytest.Item, report: pytest.TestReport | None) -> Non
     req = item_request(item)
     failed = report is not None and report.failed
     if report is not None and failed:
-        changes = isolate.upper_diff(spec)
-        text = "\n".join(f"{kind} {path}" for kind, path in changes[:500])
-        report.sections.append(("sandbox diff of the isolated test body", text or "(no changes)"))
+        upper = factory.writable_layer(spec)
+        if upper is None:
+            text = "(not available: the writable layer was in memory and is gone)"
+        else:
+            changes = isolate.upper_diff(spec, upper)
+            text = "\n".join(f"{kind} {path}" for kind, path in changes[:500]) or "(no changes)"
+        report.sections.append(("sandbox diff of the isolated test body", text))
     keep = req.keep == "all" or (req.keep == "failed" and failed)
     if keep and report is not None:
         report.sections.append(("sandbox container kept", (

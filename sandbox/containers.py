@@ -99,6 +99,7 @@ class RunOptions:
     labels: dict[str, str] = field(default_factory=dict)
     storage_driver: str | None = None
     volatile: bool = False  # a throwaway layer (implied by ``remove``): see RootfsSpec.volatile
+    scratch: bool = False  # the writable layer in memory (kernel overlay): RootfsSpec.scratch
 
 
 def _merge_env(base: list[str], extra: tuple[str, ...]) -> tuple[str, ...]:
@@ -336,7 +337,10 @@ class Engine:
                 container_dir=cdir, store_root=self.store.root, remove=opts.remove,
                 labels=dict(opts.labels))
             if opts.remove or opts.volatile:
-                spec = replace(spec, rootfs=replace(rootfs, volatile=True))
+                rootfs = replace(rootfs, volatile=True)
+            if opts.scratch and rootfs.driver == "overlay":
+                rootfs = replace(rootfs, scratch=True)
+            spec = replace(spec, rootfs=rootfs)
             validate_spec(spec)
             write_container_files(spec)
         except BaseException:

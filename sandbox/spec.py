@@ -69,6 +69,22 @@ class RootfsSpec:
     # overlayfs ``volatile``: no sync of the upper filesystem at unmount, for layers that are
     # thrown away (``--rm``, the pytest plugin's isolated tests)
     volatile: bool = False
+    # the writable layer in memory: a tmpfs that C mounts over ``upper`` and ``work`` in a mount
+    # namespace of its own, gone with the container (kernel overlay only). Seen from outside as
+    # ``/proc/<C>/root`` + ``upper`` while the container lives. For the pytest plugin's isolated
+    # tests: no inode of the store's filesystem is made or freed per test.
+    scratch: bool = False
+
+    @property
+    def upper_dir(self) -> str:
+        """The directory overlayfs takes as ``upperdir``: ``upper``, or in a scratch layer its
+        place in the tmpfs over ``work`` (overlayfs wants both on one mount)."""
+        return f"{self.work}/.sandbox-upper" if self.scratch else self.upper
+
+    @property
+    def work_dir(self) -> str:
+        """The directory overlayfs takes as ``workdir`` (see ``upper_dir``)."""
+        return f"{self.work}/.sandbox-work" if self.scratch else self.work
 
 
 @record

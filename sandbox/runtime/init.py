@@ -32,7 +32,7 @@ from sandbox import _sock
 from sandbox import _syscalls as sc
 from sandbox._paths import resolve_in_root
 from sandbox.runtime.plan import MountOp, build_plan
-from sandbox.spec import ContainerSpec
+from sandbox.spec import ContainerSpec, RootfsSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -492,6 +492,8 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
                               userns_failure_message(exc.errno or 0)) from None
         _send(sock, b"U")
         _recv_exact(sock, b"M")
+        if spec.rootfs.scratch:
+            _mount_scratch(spec.rootfs)
         flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
         if spec.network != "host":
             flags |= sc.CLONE_NEWNET
@@ -512,9 +514,39 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
     try:
         if fuse_pid:
             _stop_fuse(spec, fuse_pid)
+        if spec.rootfs.scratch:
+            try:
+                sc.umount2(spec.rootfs.work, sc.MNT_DETACH)
+            except OSError:
+                pass
         _cleanup(spec)
     finally:
         os._exit(code)  # a forked copy of the caller: never return into its code
+
+
+def _mount_scratch(rootfs: RootfsSpec) -> None:
+    """``RootfsSpec.scratch``, in C: a mount namespace of C's own (G copies it) and a tmpfs over
+    ``work`` holding ``upper_dir`` and ``work_dir`` with the skeleton the store made in
+    ``upper`` and ``work`` (the host image's top-level directories and links). overlayfs then
+    makes and frees its inodes in memory, not in the store's filesystem; the layer is gone with
+    the last process of the container."""
+    with os.scandir(rootfs.upper) as it:
+        upper = [(e.name, os.readlink(e.path) if e.is_symlink() else None) for e in it
+                 if e.is_symlink() or e.is_dir(follow_symlinks=False)]
+    with os.scandir(rootfs.work) as it:
+        work = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
+    sc.mount("tmpfs", rootfs.work, "tmpfs", sc.MS_NOSUID, "mode=0755")
+    os.mkdir(rootfs.upper_dir, 0o755)
+    os.mkdir(rootfs.work_dir, 0o755)
+    for name in work:
+        os.mkdir(os.path.join(rootfs.work_dir, name), 0o755)
+    for name, link in upper:
+        if link is None:
+            os.mkdir(os.path.join(rootfs.upper_dir, name), 0o755)
+        else:
+            os.symlink(link, os.path.join(rootfs.upper_dir, name))
 
 
 def _start_fuse(spec: ContainerSpec) -> int:

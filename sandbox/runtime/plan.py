@@ -76,18 +76,18 @@ def rootfs_ops(rootfs: RootfsSpec) -> list[MountOp]:
     if rootfs.driver == "fuse":
         # the fuse_overlay process was started by the executor; its mount is already there.
         return [MountOp("bind", mnt, source=mnt, flags=sc.MS_REC)]
+    upper, work = rootfs.upper_dir, rootfs.work_dir
     if not rootfs.host:
-        return [*_volatile_reset(rootfs.work, volatile),
+        return [*_volatile_reset(work, volatile),
                 MountOp("mount", mnt, source="overlay", fstype="overlay",
-                        data=overlay_options(rootfs.lowers, rootfs.upper, rootfs.work,
-                                             volatile=volatile))]
-    ops = [MountOp("bind", mnt, source=rootfs.upper)]
+                        data=overlay_options(rootfs.lowers, upper, work, volatile=volatile))]
+    ops = [MountOp("bind", mnt, source=upper)]
     for lower in rootfs.lowers:
         name = lower.strip("/")
-        ops += _volatile_reset(f"{rootfs.work}/{name}", volatile)
+        ops += _volatile_reset(f"{work}/{name}", volatile)
         ops.append(MountOp("mount", f"{mnt}/{name}", source="overlay", fstype="overlay",
-                           data=overlay_options((lower,), f"{rootfs.upper}/{name}",
-                                                f"{rootfs.work}/{name}", volatile=volatile)))
+                           data=overlay_options((lower,), f"{upper}/{name}", f"{work}/{name}",
+                                                volatile=volatile)))
     for bind in rootfs.binds:
         name = bind.strip("/")
         ops.append(MountOp("bind", f"{mnt}/{name}", source=bind, flags=sc.MS_REC))

@@ -325,6 +325,7 @@ class Prepared:
         self.spec = spec
         self._helper, self._fd = helper, fd  # H, which started C and waits for it
         self._init_pid = 0
+        self._holder = 0  # C
         self._error: errors.SandboxError | None = None
 
     def _ready(self) -> int:
@@ -336,7 +337,8 @@ class Prepared:
                 if data.endswith(b"\n"):
                     break
             if data[:1] == b"R":
-                self._init_pid = int(data[1:])
+                init_pid, holder = data[1:].split()
+                self._init_pid, self._holder = int(init_pid), int(holder)
             elif data[:1] == b"E":
                 self._error = _error_from(data[1:])
             else:
@@ -370,6 +372,15 @@ class Prepared:
                 os._exit(code)
         os.close(result_w)
         return _collect(result_r, pid, (init_pid, pid), timeout)
+
+    def upper(self) -> str:
+        """Where this process sees the container's writable layer: its ``upper`` directory,
+        or for a ``scratch`` layer that directory in C's mount namespace (while it lives)."""
+        rootfs = self.spec.rootfs
+        if not rootfs.scratch:
+            return rootfs.upper
+        self._ready()
+        return f"/proc/{self._holder}/root{rootfs.upper_dir}"
 
     def discard(self) -> None:
         """Kill the container (its PID 1 takes the PID namespace down); the helper then ends
@@ -435,7 +446,7 @@ def prepare_callable(spec: ContainerSpec, mapping: IdMapping) -> Prepared:
                 os.write(w, b"E" + json.dumps({"kind": type(err).__name__, "code": err.exit_code,
                                                "message": err.one_line()}).encode() + b"\n")
             else:
-                os.write(w, b"R%d\n" % started.init_pid)
+                os.write(w, b"R%d %d\n" % (started.init_pid, pid))
             os.close(w)
             os.waitpid(pid, 0)
             stop_network(started)

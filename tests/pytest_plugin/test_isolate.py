@@ -22,7 +22,8 @@ def prepared(tmp_path):
 
 @pytest.mark.container(isolate=True)
 def test_pass(prepared):
-    assert os.getpid() == 2                       # PID 1 is the container's init
+    # a fresh PID namespace: PID 1 is the container's init, 2 holds a container set up ahead
+    assert os.getpid() == 3
     with open("/etc/hosts", "a") as f:
         f.write("10.9.8.7 isolated\n")            # the host never sees this
     assert (prepared / "in.txt").read_text() == "from the parent"
@@ -196,6 +197,43 @@ def test_isolated_failure_shows_diff_and_keeps(pytester: pytest.Pytester, run_in
                                  "*- sandbox container kept -*",
                                  "*writable layer is kept in *"])
     assert len(containers_left()) == 1
+
+
+def test_isolated_layer_is_in_memory_and_its_diff_still_shown(pytester: pytest.Pytester,
+                                                             run_inner, containers_left) -> None:
+    pytester.makepyfile(test_m='''
+        import os
+        import pytest
+
+        def overlay_upper(mountpoint):
+            for line in open("/proc/self/mountinfo"):
+                pre, _, post = line.partition(" - ")
+                if pre.split()[4] == mountpoint and post.startswith("overlay "):
+                    opts = dict(o.partition("=")[::2] for o in post.split()[2].split(","))
+                    return opts["upperdir"]
+
+        @pytest.mark.container(isolate=True)
+        def test_changes_then_fails():
+            # the layer is a tmpfs of the container's (RootfsSpec.scratch), not the store's disk
+            assert overlay_upper("/opt").endswith("/.sandbox-upper/opt")
+            os.makedirs("/opt/made-here")
+            with open("/opt/made-here/f", "w") as f:
+                f.write("x")
+            os.unlink("/etc/debian_version")
+            assert False, "on purpose"
+
+        @pytest.mark.container(isolate=True)
+        def test_next_sees_none_of_it():
+            assert not os.path.exists("/opt/made-here")
+            assert os.path.exists("/etc/debian_version")
+    ''')
+    result = run_inner("-q")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*- sandbox diff of the isolated test body -*",
+                                 "D /etc/debian_version",
+                                 "A /opt/made-here",
+                                 "A /opt/made-here/f"])
+    assert containers_left() == []
 
 
 @pytest.mark.slow
