@@ -33,6 +33,7 @@ LABEL_OWNER = "io.rootless-sandbox.pytest.owner"  # "pid:starttime" of the pytes
 LABEL_TEST = "io.rootless-sandbox.pytest.test"
 KEEP_ALIVE = ("sleep", "infinity")
 PREPARE_AHEAD = 2  # isolated tests whose containers are set up ahead: two producers overlap
+START_AHEAD = 2  # tests whose ``container`` fixture's container is started ahead
 logger = logging.getLogger(__name__)
 
 
@@ -200,10 +201,14 @@ class SandboxFactory:
                     remove: bool = False) -> Any:
         from sandbox.containers import RunOptions, parse_volume
 
+        # a test's container is thrown away (volatile); one that is not to be kept and runs
+        # until it is removed (no command= of its own that may end) has its writable layer in
+        # memory (RootfsSpec.scratch), readable while it runs, as the test and its report do
         kwargs: dict[str, Any] = dict(
             env=req.env, workdir=req.workdir or "", user=req.user, network=req.network,
             mounts=tuple(parse_volume(v) for v in req.volumes), labels=labels, remove=remove,
-            storage_driver=req.storage_driver, volatile=True)  # a test's container is thrown away
+            storage_driver=req.storage_driver, volatile=True,
+            scratch=req.keep == "none" and not req.command)
         from sandbox._record import fields as record_fields
 
         fields = set(record_fields(RunOptions))
@@ -244,27 +249,28 @@ class SandboxFactory:
             return lifecycle.run_detached_async(self.engine, req.image, cmd, opts,
                                                 self.host_options(lifecycle, req))
 
-    def start_ahead(self, item: pytest.Item | None) -> None:
-        """Start the container of ``item`` (the next test, when it takes the ``container``
-        fixture) now, so that its monitor sets it up while the current test runs on the
-        other core; :meth:`start` hands it over. A request that cannot start here is left
-        to the test's own setup, which reports the error in the right place."""
-        for nodeid in [n for n in self._ahead if item is None or n != item.nodeid]:
+    def start_ahead(self, items: list[pytest.Item]) -> None:
+        """Start the containers of ``items`` (the next tests, those that take the ``container``
+        fixture) now, so that their monitors set them up while the current test runs, on the
+        other core; :meth:`start` hands them over. A request that cannot start here is left to
+        the test's own setup, which reports the error in the right place."""
+        wanted = {it.nodeid for it in items}
+        for nodeid in [n for n in self._ahead if n not in wanted]:
             self._discard(self._ahead.pop(nodeid)[1])  # its test did not take it (skipped)
-        if item is None or item.nodeid in self._ahead or \
-                "container" not in getattr(item, "fixturenames", ()):
-            return
         from pytest_plugin.plugin import item_request
 
-        try:
-            req = item_request(item)
-            if req.isolate:
-                return
-            self._ahead[item.nodeid] = (req, self._launch(req, item))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - pytest.fail/skip too: the test reports it
-            logger.debug("not starting %s ahead: %r", item.nodeid, exc)
+        for item in items:
+            if item.nodeid in self._ahead or "container" not in getattr(item, "fixturenames", ()):
+                continue
+            try:
+                req = item_request(item)
+                if req.isolate:
+                    continue
+                self._ahead[item.nodeid] = (req, self._launch(req, item))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - pytest.fail/skip too: the test reports it
+                logger.debug("not starting %s ahead: %r", item.nodeid, exc)
 
     def _discard(self, pending: Any) -> None:
         """Remove a container started ahead for a test that did not take it."""
@@ -454,7 +460,7 @@ class SandboxFactory:
     # -- end of session ------------------------------------------------------------------------
     def finish(self) -> None:
         with contextlib.suppress(Exception):
-            self.start_ahead(None)
+            self.start_ahead([])
         for container in list(self._owned.values()):
             with contextlib.suppress(Exception):
                 self.remove(container)

@@ -85,16 +85,19 @@ def _lower_link(layers: list[Path], rel: str) -> str:
 
 def container_diff(engine: Engine, cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """Docker's ``diff``: A/C/D of the writable layer, minus what the runtime itself made."""
+    from sandbox._control import in_layer_userns, writable_layer
+
     spec = cfg["spec"]
     rootfs = spec["rootfs"]
     lowers = ["/"] if rootfs.get("host") else list(rootfs["lowers"])
     fn = _diff_copy if rootfs.get("driver") == "copy" else _diff
+    layer = writable_layer(engine.store.container_dir(cfg["id"]), rootfs)
+    if layer is None:  # a layer in memory, gone with the container
+        return []
     try:
-        changes = fn(rootfs["upper"], lowers)
+        changes = fn(layer[0], lowers)
     except PermissionError:
-        from sandbox.runtime.userns import run_in_userns
-
-        changes = run_in_userns(fn, rootfs["upper"], lowers, mapping=engine.mapping)
+        changes = in_layer_userns(engine, layer, rootfs, fn, lowers)
     hidden = set(_RUNTIME_FILES) | {m["target"] for m in spec.get("mounts", [])}
     kept = [(k, p) for k, p in changes if p not in hidden
             and not any(p == d or p.startswith(d + "/") for d in _RUNTIME_DIRS)]
@@ -243,18 +246,22 @@ def commit_container(engine: Engine, cfg: dict[str, Any], name: str | None, *, m
                      changes: dict[str, Any], author: str = "") -> Image:
     """The writable layer becomes a new layer on top of the container's image."""
     from sandbox.images import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
-    from sandbox.runtime.userns import run_in_userns
 
     spec = cfg["spec"]
     if spec["rootfs"].get("host"):
         raise SandboxError("cannot commit a container of the built-in image host",
                            hint="its base is the host's filesystem, not a layer")
+    from sandbox._control import in_layer_userns, writable_layer
+
     image = engine.images.get(spec["image_id"])
+    layer = writable_layer(engine.store.container_dir(cfg["id"]), spec["rootfs"])
+    if layer is None:
+        raise SandboxError("cannot commit the container: its writable layer was in memory and "
+                           "is gone with it")
     fd, tmp = engine.store.mkstemp(suffix=".layer")
     os.close(fd)
     try:
-        digests = run_in_userns(_write_layer, spec["rootfs"]["upper"], tmp,
-                                mapping=engine.mapping)
+        digests = in_layer_userns(engine, layer, spec["rootfs"], _write_layer, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, engine.store.blob_path(digests.digest))
     finally:

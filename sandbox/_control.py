@@ -12,12 +12,48 @@ from sandbox import _sig as _signal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
 
     from sandbox.containers import Engine
 
+    T = TypeVar("T")
+
 __all__ = ["kill_leftovers", "prune_exit_files", "send", "wait_pid_exit", "exit_file_code",
-           "signal_all", "unmount_rootfs", "drop_volumes", "remove_container_dir"]
+           "signal_all", "unmount_rootfs", "drop_volumes", "remove_container_dir",
+           "writable_layer", "in_layer_userns"]
+
+
+def writable_layer(cdir: str, rootfs: dict[str, Any]) -> tuple[str, int] | None:
+    """(where this process reads a container's writable layer, the pid in whose user and
+    mount namespaces it lives, or 0): its ``upper`` directory; for a layer in memory
+    (``RootfsSpec.scratch``) that layer in the mount namespace of the container's first
+    process, while the container runs. None: that layer is gone with its container."""
+    if not rootfs.get("scratch"):
+        return str(rootfs["upper"]), 0
+    from sandbox.spec import RootfsSpec
+
+    st = cs.read_state(cdir)
+    cpid = int(st.get("cpid") or 0)
+    if not cpid or not cs.alive(int(st.get("init_pid") or 0), int(st.get("init_start") or 0)):
+        return None
+    return f"/proc/{cpid}/root{RootfsSpec(**rootfs).upper_dir}", cpid
+
+
+def in_layer_userns(engine: Engine, layer: tuple[str, int], rootfs: dict[str, Any],
+                    func: Callable[..., T], *args: Any) -> T:
+    """``func(upper, *args)`` as root of a user namespace where the layer's files (of the
+    subordinate range too) are the caller's: a fresh one for a layer on disk, that of the
+    container's first process for a layer in memory."""
+    from sandbox.runtime.userns import run_in_userns
+
+    path, holder = layer
+    if not holder:
+        return run_in_userns(func, path, *args, mapping=engine.mapping)
+    from sandbox.spec import RootfsSpec
+
+    return run_in_userns(func, RootfsSpec(**rootfs).upper_dir, *args, mapping=engine.mapping,
+                         join_pid=holder)
 
 
 def kill_leftovers(st: dict[str, Any]) -> None:

@@ -116,7 +116,10 @@ def _ps_rows(engine: Any, states: list[Any], no_trunc: bool, size: bool) -> list
                "Mounts": ",".join(m["target"] for m in cfg["spec"].get("mounts") or []),
                "Networks": cfg["spec"].get("network", "none"), "Size": ""}
         if size:
-            row["Size"] = human_size(_dir_size(cfg["spec"]["rootfs"]["upper"]))
+            from sandbox._control import writable_layer
+
+            layer = writable_layer(cdir, cfg["spec"]["rootfs"])
+            row["Size"] = human_size(_dir_size(layer[0]) if layer else 0)
         rows.append(row)
     return rows
 

@@ -33,26 +33,46 @@ def _read_all(fd: int) -> bytes:
 
 
 def _child(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-           ready_r: int, go_r: int, out_w: int, ready_w: int) -> None:
+           ready_r: int, go_r: int, out_w: int, ready_w: int, join_pid: int) -> None:
     try:
-        _child_call(func, args, kwargs, go_r, out_w, ready_w)
+        _child_call(func, args, kwargs, go_r, out_w, ready_w, join_pid)
     finally:
         os._exit(1)  # a forked copy of the caller: never return into its code
 
 
+def _join(pid: int) -> None:
+    """Enter the user and mount namespaces of ``pid`` (a container's first process, whose
+    mount namespace holds a writable layer in memory)."""
+    try:
+        fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+               for ns in ("user", "mnt")]
+    except OSError as exc:
+        raise SandboxError(f"the container is not running (pid {pid}: {exc.strerror})") from None
+    try:
+        sc.setns(fds[0], sc.CLONE_NEWUSER)
+        sc.setns(fds[1], sc.CLONE_NEWNS)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                go_r: int, out_w: int, ready_w: int) -> None:
+                go_r: int, out_w: int, ready_w: int, join_pid: int) -> None:
     code = 0
     try:
-        try:
-            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
-        except OSError as exc:
-            from sandbox.runtime.init import userns_failure_message
+        if join_pid:
+            _join(join_pid)
+            os.write(ready_w, b"J")
+        else:
+            try:
+                sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+            except OSError as exc:
+                from sandbox.runtime.init import userns_failure_message
 
-            raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
-        os.write(ready_w, b"U")
-        if os.read(go_r, 1) != b"M":
-            raise UserNamespaceUnavailable("the uid/gid maps could not be written")
+                raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+            os.write(ready_w, b"U")
+            if os.read(go_r, 1) != b"M":
+                raise UserNamespaceUnavailable("the uid/gid maps could not be written")
         result: tuple[str, Any] = ("ok", func(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
         result = ("err", exc)
@@ -69,15 +89,16 @@ def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
 
 
 def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None = None,
-                  **kwargs: Any) -> T:
-    """Call ``func(*args, **kwargs)`` as root of a fresh user namespace; return its result or
-    re-raise its exception here. ``func`` and its arguments must be picklable when the caller
-    has threads."""
+                  join_pid: int = 0, **kwargs: Any) -> T:
+    """Call ``func(*args, **kwargs)`` as root of a fresh user namespace (or, with ``join_pid``,
+    in the user and mount namespaces of that process); return its result or re-raise its
+    exception here. ``func`` and its arguments must be picklable when the caller has
+    threads."""
     mapping = mapping or detect_mapping()
     from sandbox.runtime.process import has_threads
 
     if has_threads():
-        return _spawned(func, args, kwargs, mapping)
+        return _spawned(func, args, kwargs, mapping, join_pid)
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -85,7 +106,7 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
     if pid == 0:
         for fd in (ready_r, go_w, out_r):
             os.close(fd)
-        _child(func, args, kwargs, ready_r, go_r, out_w, ready_w)
+        _child(func, args, kwargs, ready_r, go_r, out_w, ready_w, join_pid)
     for fd in (ready_w, go_r, out_w):
         os.close(fd)
     try:
@@ -115,10 +136,10 @@ def _unpack(payload: bytes) -> Any:
 
 
 def _spawned(func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
-             mapping: IdMapping) -> T:
+             mapping: IdMapping, join_pid: int) -> T:
     import subprocess
 
-    data = pickle.dumps((func, args, kwargs, mapping.mode))
+    data = pickle.dumps((func, args, kwargs, mapping.mode, join_pid))
     proc = subprocess.run([sys.executable, "-m", "sandbox.runtime.userns"], input=data,
                           capture_output=True, check=False)
     if not proc.stdout:
@@ -137,10 +158,10 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
 
 
 def main() -> None:
-    func, args, kwargs, mode = pickle.loads(sys.stdin.buffer.read())
+    func, args, kwargs, mode, join_pid = pickle.loads(sys.stdin.buffer.read())
     mapping = detect_mapping(force_single=mode == "single")
     try:
-        value = ("ok", run_in_userns(func, *args, mapping=mapping, **kwargs))
+        value = ("ok", run_in_userns(func, *args, mapping=mapping, join_pid=join_pid, **kwargs))
     except BaseException as exc:  # noqa: BLE001
         value = ("err", exc)
     try:

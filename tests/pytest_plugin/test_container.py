@@ -52,13 +52,29 @@ def test_logs_of_the_main_command(container):
             break
         time.sleep(0.1)
     assert container.logs() == "service-started\n"
+    assert "/.sandbox-upper/" not in overlay_of(container, "/opt")  # may end: layer on disk
+
+def overlay_of(container, mountpoint):
+    for line in container.run(["cat", "/proc/self/mountinfo"], check=True).stdout.splitlines():
+        if line.split()[4] == mountpoint and " - overlay " in line:
+            return line
+    raise AssertionError(f"no overlay on {mountpoint}")
+
+def test_layer_in_memory_and_its_diff(container):
+    # a container that runs until it is removed has its writable layer in a tmpfs
+    assert "/.sandbox-upper/opt," in overlay_of(container, "/opt")
+    container.run("mkdir -p /opt/made && echo x > /opt/made/f && rm /etc/debian_version",
+                  check=True)
+    changes = container.diff()
+    assert ("A", "/opt/made/f") in changes and ("D", "/etc/debian_version") in changes
+    assert os.path.exists("/etc/debian_version")   # the host is untouched
 '''
 
 
 def test_container_fixture_api(pytester: pytest.Pytester, run_inner, containers_left) -> None:
     pytester.makepyfile(test_api=FIXTURE_API)
     result = run_inner("-q")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     assert containers_left() == []
 
 

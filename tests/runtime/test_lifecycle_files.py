@@ -35,8 +35,9 @@ def sh(engine, cid, script: str) -> str:
     return r.stdout.decode()
 
 
-def test_diff_cp_commit_round_trip(engine, tmp_path: Path):
-    s = run_d(engine, ["sleep", "60"])
+@pytest.mark.parametrize("scratch", [False, True], ids=["layer-on-disk", "layer-in-memory"])
+def test_diff_cp_commit_round_trip(engine, tmp_path: Path, scratch: bool):
+    s = run_d(engine, ["sleep", "60"], scratch=scratch)
     sh(engine, s.id, "echo hello > /hello.txt; rm /etc/group; mkdir -p /data/sub; "
                      "echo deep > /data/sub/f; echo changed >> /etc/passwd")
     changes = lc.diff(engine, s.id)
@@ -61,6 +62,30 @@ def test_diff_cp_commit_round_trip(engine, tmp_path: Path):
     assert out == "hello\nfrom the host\n1\nno-group\n"
     assert lc.state(engine, s.id).status == "running"  # commit paused and resumed it
     engine.images.remove(image.id, force=True)
+
+
+@pytest.mark.requires_subuid
+def test_diff_and_commit_of_a_layer_in_memory_read_other_users_files(engine):
+    s = run_d(engine, ["sleep", "60"], scratch=True)
+    sh(engine, s.id, "mkdir -m 700 /private; echo secret > /private/f; chmod 600 /private/f; "
+                     "chown -R 1000:1000 /private")
+    assert ("A", "/private/f") in lc.diff(engine, s.id)  # read in the container's namespaces
+    image = lc.commit(engine, s.id, f"private-{os.getpid()}:v1")
+    s2 = run_d(engine, ["sleep", "60"], image=f"private-{os.getpid()}:v1")
+    assert sh(engine, s2.id, "cat /private/f; stat -c %u /private/f") == "secret\n1000\n"
+    engine.images.remove(image.id, force=True)
+
+
+def test_a_layer_in_memory_is_gone_with_its_container(engine):
+    s = run_d(engine, ["sleep", "60"], scratch=True)
+    sh(engine, s.id, "echo hello > /hello.txt")
+    assert ("A", "/hello.txt") in lc.diff(engine, s.id)
+    store_upper = os.path.join(engine.store.container_dir(s.id), "upper")
+    assert os.listdir(store_upper) == []          # nothing of it in the store's filesystem
+    lc.stop(engine, s.id, timeout=0)
+    assert lc.diff(engine, s.id) == []
+    with pytest.raises(SandboxError, match="writable layer was in memory"):
+        lc.commit(engine, s.id, f"gone-{os.getpid()}:v1")
 
 
 def test_cp_follows_docker_naming_rules(engine, tmp_path: Path):
