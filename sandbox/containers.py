@@ -243,12 +243,13 @@ class Engine:
             args = list(cfg.get("Cmd") or [])
         return tuple(entry + args)
 
-    def _rootfs(self, image: Image, cdir: str, driver: str) -> RootfsSpec:
+    def _rootfs(self, image: Image, cdir: str, driver: str, scratch: bool) -> RootfsSpec:
         upper, work, mnt = (os.path.join(cdir, d) for d in ("upper", "work", "rootfs"))
         for d in (upper, work, mnt):
             os.mkdir(d, 0o755)
         if image.builtin:
-            return self._host_rootfs(upper, work, mnt)
+            # a layer in memory gets its skeleton in memory (runtime.init._mount_scratch)
+            return self._host_rootfs(upper, work, mnt, skeleton=not scratch)
         lowers = tuple(self.images.layer_dirs(image))
         if not lowers:
             empty = os.path.join(cdir, "empty")
@@ -261,7 +262,11 @@ class Engine:
         return RootfsSpec(driver=driver, lowers=lowers, upper=upper, work=work, mountpoint=mnt)
 
     @staticmethod
-    def _host_rootfs(upper: str, work: str, mnt: str) -> RootfsSpec:
+    def _host_rootfs(upper: str, work: str, mnt: str, skeleton: bool = True) -> RootfsSpec:
+        """The host image: one overlay per top-level directory of the host's / (kernel overlayfs
+        cannot take / whole: its mounts below are locked in a user namespace). The skeleton
+        of the writable layer (the top-level directories and links, a work directory per
+        overlay) is made in ``upper`` and ``work`` unless ``skeleton`` is False."""
         submounts = _host_submounts()
         lowers: list[str] = []
         binds: list[str] = []
@@ -271,11 +276,13 @@ class Engine:
         for entry in entries:
             name = entry.name
             if entry.is_symlink():
-                os.symlink(os.readlink(entry.path), os.path.join(upper, name))
+                if skeleton:
+                    os.symlink(os.readlink(entry.path), os.path.join(upper, name))
                 continue
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            os.mkdir(os.path.join(upper, name), 0o755)
+            if skeleton:
+                os.mkdir(os.path.join(upper, name), 0o755)
             if name in _PSEUDO_FS:
                 continue
             if name in _HOST_TMPFS:
@@ -283,7 +290,8 @@ class Engine:
             elif name in submounts:
                 binds.append("/" + name)
             else:
-                os.mkdir(os.path.join(work, name), 0o755)
+                if skeleton:
+                    os.mkdir(os.path.join(work, name), 0o755)
                 lowers.append("/" + name)
         return RootfsSpec(driver="overlay", lowers=tuple(lowers), upper=upper, work=work,
                           mountpoint=mnt, host=True, binds=tuple(binds), tmpfs=tuple(tmpfs))
@@ -323,7 +331,7 @@ class Engine:
         cfg = image.run_config
         user = opts.user if opts.user is not None else str(cfg.get("User") or "")
         try:
-            rootfs = self._rootfs(image, cdir, driver)
+            rootfs = self._rootfs(image, cdir, driver, opts.scratch and driver == "overlay")
             mapping = self.mapping
             spec = ContainerSpec(
                 id=cid, name=name, image=image_ref, image_id=image.id, rootfs=rootfs,

@@ -526,15 +526,17 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
 
 def _mount_scratch(rootfs: RootfsSpec) -> None:
     """``RootfsSpec.scratch``, in C: a mount namespace of C's own (G copies it) and a tmpfs over
-    ``work`` holding ``upper_dir`` and ``work_dir`` with the skeleton the store made in
-    ``upper`` and ``work`` (the host image's top-level directories and links). overlayfs then
+    ``work`` holding ``upper_dir`` and ``work_dir``, with the host image's skeleton (its
+    top-level directories and links, a work directory per overlay). overlayfs then
     makes and frees its inodes in memory, not in the store's filesystem; the layer is gone with
     the last process of the container."""
-    with os.scandir(rootfs.upper) as it:
-        upper = [(e.name, os.readlink(e.path) if e.is_symlink() else None) for e in it
-                 if e.is_symlink() or e.is_dir(follow_symlinks=False)]
-    with os.scandir(rootfs.work) as it:
-        work = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    upper: list[tuple[str, str | None]] = []
+    work: list[str] = []
+    if rootfs.host:  # as Engine._host_rootfs makes it in the store for a layer on disk
+        with os.scandir("/") as it:
+            upper = [(e.name, os.readlink(e.path) if e.is_symlink() else None) for e in it
+                     if e.is_symlink() or e.is_dir(follow_symlinks=False)]
+        work = [lower.strip("/") for lower in rootfs.lowers]
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
     sc.mount("tmpfs", rootfs.work, "tmpfs", sc.MS_NOSUID, "mode=0755")

@@ -68,6 +68,8 @@ def test_layer_in_memory_and_its_diff(container):
     changes = container.diff()
     assert ("A", "/opt/made/f") in changes and ("D", "/etc/debian_version") in changes
     assert os.path.exists("/etc/debian_version")   # the host is untouched
+    # and none of it, not even the host image's skeleton, is in the store's filesystem
+    assert os.listdir(container.inspect()["GraphDriver"]["Data"]["UpperDir"]) == []
 '''
 
 
