@@ -79,6 +79,7 @@ class SandboxFactory:
         self._prepared: dict[str, tuple[Any, Any]] = {}  # nodeid -> (spec, Prepared), isolate
         self._in_use: dict[str, Any] = {}  # spec id -> the Prepared a test body runs in
         self._draining: dict[str, Any] = {}  # spec id -> a discarded Prepared not yet reaped
+        self._reaping: list[Any] = []  # discarded Prepared whose directory was reused at once
         self._order: dict[int, int] | None = None  # id(item) -> its place in session.items
 
     # -- engine --------------------------------------------------------------------------------
@@ -394,7 +395,11 @@ class SandboxFactory:
         if pooled is not None:
             draining = self._draining.pop(pooled.id, None)
             if draining is not None:
-                draining.reap()  # its last container's mounts must be gone
+                if pooled.rootfs.scratch:  # its mounts are in its own namespaces, not on disk
+                    self._reaping.append(draining)
+                else:
+                    draining.reap()  # its last container's mounts must be gone
+            self._reaping = [p for p in self._reaping if not p.reap(block=False)]
             return pooled
         mounts = [parse_volume(v) for v in req.volumes]
         mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
@@ -472,6 +477,9 @@ class SandboxFactory:
                 self.engine.remove_dir(spec.id)
         for cid in list(self._draining):
             self._reap_draining(cid)
+        for prepared in self._reaping:
+            prepared.reap()
+        self._reaping.clear()
         self._isolate_pool.clear()
         self._stop_reaper()
         if self._scratch is not None:

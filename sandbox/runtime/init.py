@@ -398,6 +398,7 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
     view = memoryview(data)
     while view:
         view = view[os.write(result_fd, view):]
+    os.close(result_fd)  # the caller's EOF now, not after this process's memory is torn down
     os._exit(0)
 
 
