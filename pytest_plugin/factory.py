@@ -160,9 +160,14 @@ class SandboxFactory:
 
     # -- reaper --------------------------------------------------------------------------------
     def _ensure_reaper(self) -> None:
-        """Start (once) the process that removes our containers if this process dies."""
+        """Start (once) the process that removes our containers if this process dies, and the
+        zygote that forks the engine's helpers (monitors, exec, isolated tests' set-up) for
+        this large process (``sandbox._zygote``)."""
         if self._reaper is not None:
             return
+        from sandbox import _zygote
+
+        _zygote.start()
         root = self.engine.store.root
         self._reaper = subprocess.Popen(
             [sys.executable, "-m", "pytest_plugin._reaper", root, self.owner],
@@ -482,6 +487,9 @@ class SandboxFactory:
         self._reaping.clear()
         self._isolate_pool.clear()
         self._stop_reaper()
+        from sandbox import _zygote
+
+        _zygote.stop()
         if self._scratch is not None:
             import shutil
 

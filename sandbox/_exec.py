@@ -8,7 +8,7 @@ import signal as _signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox.errors import SandboxError, SpecError
 
@@ -62,10 +62,14 @@ def exec_run(engine: Engine, ref: str, argv: Sequence[str], *, env: Sequence[str
     """
     import subprocess
 
+    from sandbox import _zygote
     from sandbox.runtime.process import can_fork
 
     req = _exec_request(engine, ref, argv, env=list(env), workdir=workdir, user=user,
                         interactive=input is not None, tty=tty, kill_on_term=True)
+    zygote = _zygote.current()
+    if zygote is not None:
+        return _zygote_exec(zygote, req, input, timeout, argv[0])
     if can_fork():
         return _forked_exec(req, input, timeout, argv[0])
     proc = subprocess.Popen([sys.executable, "-m", "sandbox._nsexec", json.dumps(req)],
@@ -89,33 +93,95 @@ def _forked_exec(req: dict[str, Any], data: bytes | None, timeout: float | None,
                  name: str) -> ExecResult:
     """``exec_run`` through a fork of this (single-threaded) process: the same helper code as
     ``python -m sandbox._nsexec``, with pipes for its standard streams."""
-    import select
-    import time
-
-    from sandbox._nsexec import run_request
-
     pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
     pid = os.fork()
     if pid == 0:
-        code = 125
         try:
-            for fd, (r, w) in enumerate(pipes):
-                os.dup2(r if fd == 0 else w, fd)
-            for r, w in pipes:
+            for r, _w in pipes[1:]:
                 os.close(r)
-                os.close(w)
-            # the caller's sys.stdout/stderr may be pytest's capture: the helper's own messages
-            # go to the pipes, as a fresh interpreter's would
-            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by _exit
-            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-            code = run_request(req)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            os.close(pipes[0][1])
+            helper_main(req, [pipes[0][0], pipes[1][1], pipes[2][1]])
         finally:
-            os._exit(code)
+            os._exit(125)
     (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
     for fd in (in_r, out_w, err_w):
         os.close(fd)
+    out, err, timed_out = _relay(in_w, out_r, err_r, data, timeout)
+    status = _stop_helper(pid) if timed_out else os.waitpid(pid, 0)[1]
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
+        status)
+    result = ExecResult(code, out, err)
+    if timed_out:
+        raise ExecTimeout(f"exec {name} timed out after {timeout}s", result)
+    return result
+
+
+def helper_main(req: dict[str, Any], stdio: list[int], status: int = -1) -> NoReturn:
+    """The exec helper, in a fork of the caller or of its zygote: ``stdio`` become its
+    standard streams; its exit status is also written on ``status`` (when not -1)."""
+    from sandbox._nsexec import run_request
+
+    code = 125
+    try:
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in stdio:
+            if fd > 2:
+                os.close(fd)
+        # the caller's sys.stdout/stderr may be pytest's capture: the helper's own messages
+        # go to the pipes, as a fresh interpreter's would
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by _exit
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        code = run_request(req)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        try:
+            if status >= 0:
+                os.write(status, str(code).encode())
+        finally:
+            os._exit(code)
+
+
+def _zygote_exec(zygote: Any, req: dict[str, Any], data: bytes | None, timeout: float | None,
+                 name: str) -> ExecResult:
+    """``exec_run`` through a helper forked by this process's zygote: the helper writes its
+    exit status on a pipe of its own when it ends (the zygote, not we, is its parent)."""
+    pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, status
+    try:
+        pid = zygote.fork("exec", {"req": req}, [pipes[0][0], pipes[1][1], pipes[2][1],
+                                                  pipes[3][1]])
+    except BaseException:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+        raise
+    (in_r, in_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = pipes
+    for fd in (in_r, out_w, err_w, st_w):
+        os.close(fd)
+    try:
+        out, err, timed_out = _relay(in_w, out_r, err_r, data, timeout)
+        if timed_out:
+            _stop_foreign_helper(pid, st_r)
+        text = b""
+        while chunk := os.read(st_r, 64):
+            text += chunk
+    finally:
+        os.close(st_r)
+    code = int(text) if text.isdigit() else 137  # killed before it could say
+    result = ExecResult(code, out, err)
+    if timed_out:
+        raise ExecTimeout(f"exec {name} timed out after {timeout}s", result)
+    return result
+
+
+def _relay(in_w: int, out_r: int, err_r: int, data: bytes | None,
+           timeout: float | None) -> tuple[bytes, bytes, bool]:
+    """Feed ``data`` to a helper's stdin and read its stdout and stderr to their end, or until
+    ``timeout``: (stdout, stderr, timed out). Closes the three descriptors."""
+    import select
+    import time
+
     if not data:
         os.close(in_w)
         in_w = -1
@@ -150,13 +216,20 @@ def _forked_exec(req: dict[str, Any], data: bytes | None, timeout: float | None,
         for fd in (in_w, out_r, err_r):
             if fd >= 0:
                 os.close(fd)
-    status = _stop_helper(pid) if timed_out else os.waitpid(pid, 0)[1]
-    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(
-        status)
-    result = ExecResult(code, b"".join(chunks[out_r]), b"".join(chunks[err_r]))
-    if timed_out:
-        raise ExecTimeout(f"exec {name} timed out after {timeout}s", result)
-    return result
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), timed_out
+
+
+def _stop_foreign_helper(pid: int, status_r: int) -> None:
+    """:func:`_stop_helper` for a helper that is not our child: its end is the end of its
+    status pipe."""
+    import select
+
+    os.kill(pid, _signal.SIGTERM)
+    if not select.select([status_r], [], [], 5)[0]:
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _stop_helper(pid: int) -> int:

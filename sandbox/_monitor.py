@@ -67,7 +67,8 @@ class Launch:
         if self._report is not None:
             return self._report
         try:
-            os.waitpid(self._pid, 0)
+            if self._pid:  # 0: the zygote forked it, and reaps it
+                os.waitpid(self._pid, 0)
         except ChildProcessError:
             pass
         data = b""
@@ -89,10 +90,22 @@ class Launch:
 
 
 def launch_async(root: str, cid: str, map_mode: str) -> Launch:
-    """Fork (or spawn, from a threaded caller) the monitor of ``cid`` and return at once."""
+    """Fork (or spawn, from a threaded caller) the monitor of ``cid`` and return at once;
+    where this process has a zygote (``sandbox._zygote``), the zygote forks it."""
     r, w = os.pipe()
+    from sandbox import _zygote
     from sandbox.runtime.process import can_fork
 
+    zygote = _zygote.current()
+    if zygote is not None:
+        try:
+            zygote.fork("monitor", {"root": root, "cid": cid, "map_mode": map_mode}, [w])
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        return Launch(0, r)
     if can_fork():
         from sandbox import _logs  # noqa: F401 - every monitor needs it: imported once here
         pid = os.fork()

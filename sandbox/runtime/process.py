@@ -22,7 +22,7 @@ from sandbox.spec import ContainerSpec, spec_to_json
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
     from sandbox.runtime.network import NetHelper
 
@@ -323,7 +323,9 @@ class Prepared:
 
     def __init__(self, spec: ContainerSpec, helper: int, fd: int) -> None:
         self.spec = spec
-        self._helper, self._fd = helper, fd  # H, which started C and waits for it
+        # H, which started C and waits for it: our child, or (0) the zygote's, whose end is
+        # the end of ``fd``
+        self._helper, self._fd = helper, fd
         self._init_pid = 0
         self._holder = 0  # C
         self._error: errors.SandboxError | None = None
@@ -389,7 +391,7 @@ class Prepared:
             init_pid = self._ready() if self._fd >= 0 else self._init_pid
         except errors.SandboxError:
             init_pid = 0
-        if self._fd >= 0:
+        if self._fd >= 0 and self._helper:
             os.close(self._fd)
             self._fd = -1
         if init_pid:
@@ -398,7 +400,15 @@ class Prepared:
     def reap(self, block: bool = True) -> bool:
         """Whether the helper (and so the container's mounts) is gone."""
         if not self._helper:
-            return True
+            if self._fd >= 0:  # the zygote's H: gone when its end of the pipe is
+                ready, _, _ = select.select([self._fd], [], [], None if block else 0)
+                while ready:
+                    if not os.read(self._fd, 4096):
+                        os.close(self._fd)
+                        self._fd = -1
+                        break
+                    ready, _, _ = select.select([self._fd], [], [], None if block else 0)
+            return self._fd < 0
         try:
             pid, _ = os.waitpid(self._helper, 0 if block else os.WNOHANG)
         except ChildProcessError:
@@ -411,50 +421,75 @@ class Prepared:
 def prepare_callable(spec: ContainerSpec, mapping: IdMapping) -> Prepared:
     """Start setting up a container for a later :meth:`Prepared.call` and return at once.
 
-    A helper H, forked from this (single-threaded) process, does the caller's part of the
-    start (C, its maps, its network) while this process goes on, then waits for C. Only for
-    callers that :func:`can_fork`.
+    A helper H does the caller's part of the start (C, its maps, its network) while this
+    process goes on, then waits for C: a fork of the session's zygote (``sandbox._zygote``)
+    where there is one, else of this (single-threaded) process. Only for callers that
+    :func:`can_fork` or have a zygote.
     """
+    from sandbox import _zygote
+
+    r, w = os.pipe()
+    zygote = _zygote.current()
+    if zygote is not None:
+        try:
+            zygote.fork("prepare", {"spec": spec_to_json(spec), "map_mode": mapping.mode}, [w])
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        return Prepared(spec, 0, r)
     from sandbox import _syscalls as sc
 
     sc.preload()
-    r, w = os.pipe()
     helper = os.fork()
     if helper == 0:
-        code = 1
         try:
             os.close(r)
-            sc.set_pdeathsig(signal.SIGKILL)
-            os.closerange(3, w)
-            os.closerange(w + 1, 1 << 16)
-            psock, csock = _sock.socketpair()
-            pid = os.fork()
-            if pid == 0:
-                psock.close()
-                os.close(w)
-                container_main(spec, csock, _hold, -1)
-            csock.close()
-            started = Started(pid)
-            try:
-                _handshake(psock, started, mapping, spec.network)
-            finally:
-                psock.close()
-            if started.error is not None:
-                err = started.error
-                import json
-
-                os.write(w, b"E" + json.dumps({"kind": type(err).__name__, "code": err.exit_code,
-                                               "message": err.one_line()}).encode() + b"\n")
-            else:
-                os.write(w, b"R%d %d\n" % (started.init_pid, pid))
-            os.close(w)
-            os.waitpid(pid, 0)
-            stop_network(started)
-            code = 0
+            prepare_helper(spec, mapping, w)
         finally:
-            os._exit(code)
+            os._exit(1)
     os.close(w)
     return Prepared(spec, helper, r)
+
+
+def prepare_helper(spec: ContainerSpec, mapping: IdMapping, w: int) -> NoReturn:
+    """H of :func:`prepare_callable`: start C (whose PID 1 then holds the container), write
+    ``R<G's pid> <C's pid>`` or ``E<error>`` on ``w``, wait for C; ``w`` closes when H ends,
+    once the container is gone."""
+    from sandbox import _syscalls as sc
+    from sandbox.runtime.init import container_main
+
+    code = 1
+    try:
+        sc.set_pdeathsig(signal.SIGKILL)
+        os.closerange(3, w)
+        os.closerange(w + 1, 1 << 16)
+        psock, csock = _sock.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            psock.close()
+            os.close(w)
+            container_main(spec, csock, _hold, -1)
+        csock.close()
+        started = Started(pid)
+        try:
+            _handshake(psock, started, mapping, spec.network)
+        finally:
+            psock.close()
+        if started.error is not None:
+            err = started.error
+            import json
+
+            os.write(w, b"E" + json.dumps({"kind": type(err).__name__, "code": err.exit_code,
+                                           "message": err.one_line()}).encode() + b"\n")
+        else:
+            os.write(w, b"R%d %d\n" % (started.init_pid, pid))
+        os.waitpid(pid, 0)
+        stop_network(started)
+        code = 0
+    finally:
+        os._exit(code)  # w closes with H: the caller's sign that the container is gone
 
 
 def _collect(result_r: int, pid: int, kill: tuple[int, ...],

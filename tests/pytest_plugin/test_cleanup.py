@@ -72,14 +72,43 @@ def _reapers(store_root: Path) -> list[int]:
     return pids
 
 
+def _zygotes_of(parent: int) -> list[int]:
+    """The session's zygote (``sandbox._zygote``): a child of the pytest process."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"sandbox._zygote" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+def _living(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z":
+            out.append(pid)
+    return out
+
+
 def test_ctrl_c_leaves_nothing(pytester, store_root, containers_left) -> None:
     proc, log = _start(pytester, store_root, HANGING)
     assert len(containers_left()) == 1
+    zygotes = _zygotes_of(proc.pid)
+    assert len(zygotes) == 1
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     assert "KeyboardInterrupt" in log.read_text()
     assert containers_left() == []
     assert _wait_empty(lambda: _reapers(store_root), 10) == []
+    assert _living(zygotes) == []
 
 
 def test_ctrl_c_during_isolated_test(pytester, store_root, containers_left) -> None:
@@ -93,9 +122,11 @@ def test_ctrl_c_during_isolated_test(pytester, store_root, containers_left) -> N
 def test_sigkill_of_pytest_reaped_at_once(pytester, store_root, containers_left) -> None:
     proc, _ = _start(pytester, store_root, HANGING)
     assert len(containers_left()) == 1
+    zygotes = _zygotes_of(proc.pid)
     proc.kill()
     proc.wait()
     assert _wait_empty(containers_left) == []
+    assert _wait_empty(lambda: _living(zygotes), 10) == []  # its parent-death signal
 
 
 def test_sigkill_of_everything_cleaned_by_next_run(pytester, store_root, containers_left,

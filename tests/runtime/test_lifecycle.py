@@ -61,7 +61,19 @@ def test_exec_joins_a_host_network_container(engine):
     assert sorted(r.stdout.decode().split()) == sorted(os.listdir("/sys/class/net"))
 
 
-def test_exec_exit_statuses_follow_docker(engine):
+@pytest.fixture(params=["own", "zygote"])
+def helpers(request):
+    """Helpers (monitor, exec) started by this process itself (a fork, or a fresh interpreter
+    where it has threads), or forked by a zygote (``sandbox._zygote``), as in a pytest run."""
+    from sandbox import _zygote
+
+    if request.param == "zygote":
+        _zygote.start()
+    yield request.param
+    _zygote.stop()
+
+
+def test_exec_exit_statuses_follow_docker(engine, helpers):
     s = run_d(engine, ["sleep", "30"])
     assert lc.exec_run(engine, s.id, ["sh", "-c", "exit 7"]).returncode == 7
     r = lc.exec_run(engine, s.id, ["no-such-command"])
@@ -70,7 +82,7 @@ def test_exec_exit_statuses_follow_docker(engine):
     assert lc.exec_run(engine, s.id, ["sh", "-c", "kill -TERM $$"]).returncode == 143
 
 
-def test_exec_env_workdir_input_and_timeout(engine):
+def test_exec_env_workdir_input_and_timeout(engine, helpers):
     s = run_d(engine, ["sleep", "30"], env=("A=from-run",))
     r = lc.exec_run(engine, s.id, ["sh", "-c", "echo $A $B; pwd; cat"], env=["B=from-exec"],
                     workdir="/etc", input=b"piped\n")
