@@ -214,7 +214,7 @@ class SandboxFactory:
             env=req.env, workdir=req.workdir or "", user=req.user, network=req.network,
             mounts=tuple(parse_volume(v) for v in req.volumes), labels=labels, remove=remove,
             storage_driver=req.storage_driver, volatile=True,
-            scratch=req.keep == "none" and not req.command)
+            scratch=req.layer == "memory" and req.keep == "none" and not req.command)
         from sandbox._record import fields as record_fields
 
         fields = set(record_fields(RunOptions))
@@ -395,7 +395,7 @@ class SandboxFactory:
         binds = self._isolate_binds(req)
         workdir = req.workdir or os.getcwd()
         key = json.dumps([req.image, req.network, req.volumes, req.env, workdir,
-                          req.storage_driver, binds, req.keep])
+                          req.storage_driver, binds, req.keep, req.layer])
         pooled = self._isolate_pool.pop(key, None)
         if pooled is not None:
             draining = self._draining.pop(pooled.id, None)
@@ -415,7 +415,7 @@ class SandboxFactory:
         opts = RunOptions(env=req.env, workdir=workdir, network=req.network,
                           mounts=tuple(mounts), remove=False, labels=self.labels(item),
                           storage_driver=req.storage_driver, volatile=True,
-                          scratch=req.keep == "none" and can_fork())
+                          scratch=req.layer == "memory" and req.keep == "none" and can_fork())
         spec = self.engine.create(req.image, ["true"], opts)
         self._isolate_state[spec.id] = (key, _snapshot(spec))
         return spec

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ContainerRequest", "MARKER_DOC", "KEEP_CHOICES", "Settings", "marker_signature",
-           "parse_marker", "images_of", "request_for", "MarkerError"]
+__all__ = ["ContainerRequest", "MARKER_DOC", "KEEP_CHOICES", "LAYER_CHOICES", "Settings",
+           "marker_signature", "parse_marker", "images_of", "request_for", "MarkerError"]
 
+LAYER_CHOICES = ("memory", "disk")
 KEEP_CHOICES = ("none", "failed", "all")
 NETWORK_CHOICES = ("none", "host", "slirp4netns", "pasta")  # the user-mode two take options
 DEFAULT_IMAGE = "host"
@@ -63,6 +64,7 @@ class Settings:
     network: str = "none"
     storage_driver: str | None = None
     root: str | None = None
+    layer: str = "memory"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class ContainerRequest:
     timeout: float | None = None
     command: tuple[str, ...] | None = None
     storage_driver: str | None = None
+    layer: str = "memory"  # memory | disk: the writable layer of a container not kept
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
@@ -245,6 +248,7 @@ def request_for(args: dict[str, Any], settings: Settings, default_image: str,
         timeout=float(args["timeout"]) if args.get("timeout") is not None else None,
         command=tuple(args["command"]) if args.get("command") else None,
         storage_driver=settings.storage_driver,
+        layer=settings.layer,
     )
 
 
@@ -271,7 +275,11 @@ def settings_from_config(config: pytest.Config) -> Settings:
     if driver is not None and driver not in ("overlay", "fuse", "copy"):
         raise pytest.UsageError(f"{driver_where}: storage driver {driver!r} is unknown; use "
                                 "overlay, fuse or copy")
+    layer, layer_where = pick("sandbox_layer", "sandbox_layer")
+    if layer is not None and layer not in LAYER_CHOICES:
+        raise pytest.UsageError(f"{layer_where}: invalid value {layer!r}; use one of "
+                                f"{', '.join(LAYER_CHOICES)}")
     root, _ = pick("sandbox_root", "sandbox_root")
     return Settings(image=image or None, image_where=image_where, keep=keep or "none",
                     network=network or "none", storage_driver=driver or None,
-                    root=str(root) if root else None)
+                    root=str(root) if root else None, layer=layer or "memory")

@@ -24,6 +24,7 @@ from pytest_plugin.fixtures import (  # noqa: F401 - fixtures are found by name 
 )
 from pytest_plugin.marker import (
     KEEP_CHOICES,
+    LAYER_CHOICES,
     MARKER_DOC,
     ContainerRequest,
     MarkerError,
@@ -58,6 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     choices=("overlay", "fuse", "copy"),
                     help="storage driver for image containers (ini: sandbox_storage_driver; "
                          "default: probed)")
+    group.addoption("--sandbox-layer", dest="sandbox_layer", default=None,
+                    choices=LAYER_CHOICES,
+                    help="where the writable layer of a test's container lives: memory (a tmpfs "
+                         "of the container's, the default, for containers not kept) or disk "
+                         "(ini: sandbox_layer)")
     group.addoption("--sandbox-network", dest="sandbox_network", default=None,
                     help="network mode of test containers: none (loopback only, default), "
                          "host, slirp4netns[:OPTIONS] or pasta[:OPTIONS] (ini: sandbox_network)")
@@ -66,6 +72,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("sandbox_root", "the sandbox store directory", default="")
     parser.addini("sandbox_keep", "keep test containers: none, failed or all", default="")
     parser.addini("sandbox_storage_driver", "overlay, fuse or copy", default="")
+    parser.addini("sandbox_layer", "writable layer of test containers: memory or disk",
+                  default="")
     parser.addini("sandbox_network", "none, host, slirp4netns or pasta (with options)",
                   default="")
 

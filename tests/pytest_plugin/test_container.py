@@ -80,6 +80,24 @@ def test_container_fixture_api(pytester: pytest.Pytester, run_inner, containers_
     assert containers_left() == []
 
 
+def test_layer_on_disk_when_asked(pytester: pytest.Pytester, run_inner, containers_left) -> None:
+    pytester.makepyfile(test_d='''
+        import pytest
+
+        @pytest.mark.container(isolate=True)
+        def test_isolated():
+            assert "/.sandbox-upper/" not in open("/proc/self/mountinfo").read()
+
+        def test_fixture(container):
+            info = container.run(["cat", "/proc/self/mountinfo"], check=True).stdout
+            assert "/.sandbox-upper/" not in info
+            container.run("touch /etc/on-disk", check=True)
+            assert ("A", "/etc/on-disk") in container.diff()
+    ''')
+    run_inner("-q", "--sandbox-layer=disk").assert_outcomes(passed=2)
+    assert containers_left() == []
+
+
 def test_failure_sections_and_keep(pytester: pytest.Pytester, run_inner, containers_left,
                                    monkeypatch, store_root) -> None:
     pytester.makeconftest('''

@@ -11,7 +11,8 @@ from pytest_plugin.plugin import item_request
 def report(request):
     req = item_request(request.node)
     print(f"REQ image={req.image} keep={req.keep} network={req.network} "
-          f"driver={req.storage_driver} env={list(req.env)} timeout={req.timeout}")
+          f"driver={req.storage_driver} env={list(req.env)} timeout={req.timeout} "
+          f"layer={req.layer}")
 '''
 
 
@@ -34,7 +35,8 @@ def test_options_are_documented(inner) -> None:
     result = inner("--help")
     result.stdout.fnmatch_lines(["*rootless containers*", "*--sandbox-image=IMAGE*",
                                  "*--sandbox-root=DIR*", "*--sandbox-keep=*",
-                                 "*--sandbox-storage-driver=*", "*--sandbox-network=*"])
+                                 "*--sandbox-storage-driver=*", "*--sandbox-layer=*",
+                                 "*--sandbox-network=*"])
     result.stdout.fnmatch_lines(["*sandbox_image (string)*"])
 
 
@@ -87,9 +89,10 @@ def test_image_list_parametrizes_with_ids(pytester: pytest.Pytester, inner) -> N
 
 
 @pytest.mark.parametrize(("ini", "args", "marker", "expected"), [
-    ("", [], "", "image=host keep=none network=none driver=None"),
-    ("sandbox_image = ini-image\nsandbox_keep = all\nsandbox_network = host", [], "",
-     "image=ini-image keep=all network=host"),
+    ("", [], "", "image=host keep=none network=none driver=None * layer=memory"),
+    ("sandbox_image = ini-image\nsandbox_keep = all\nsandbox_network = host\n"
+     "sandbox_layer = disk", [], "", "image=ini-image keep=all network=host * layer=disk"),
+    ("sandbox_layer = disk", ["--sandbox-layer=memory"], "", "image=host * layer=memory"),
     ("sandbox_image = ini-image\nsandbox_keep = all",
      ["--sandbox-image=cli-image", "--sandbox-keep=failed", "--sandbox-storage-driver=copy"], "",
      "image=cli-image keep=failed network=none driver=copy"),
@@ -117,6 +120,14 @@ def test_bad_ini_value_says_where(pytester: pytest.Pytester, inner) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*sandbox_keep (ini): invalid value 'sometimes'; use one of "
                                  "none, failed, all*"])
+
+
+def test_bad_layer_ini_value_says_where(pytester: pytest.Pytester, inner) -> None:
+    pytester.makeini("[pytest]\nsandbox_layer = ram\n")
+    result = inner()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sandbox_layer (ini): invalid value 'ram'; use one of "
+                                 "memory, disk*"])
 
 
 def test_bad_network_option_says_where(pytester: pytest.Pytester, inner) -> None:
