@@ -332,14 +332,14 @@ class SandboxFactory:
         for nodeid in [n for n in self._prepared if n not in wanted]:
             self._drop_prepared(self._prepared.pop(nodeid))  # its test did not take it
         from pytest_plugin.plugin import item_request
-        from sandbox.runtime.process import can_fork, prepare_callable
+        from sandbox.runtime.process import prepare_callable
 
         for item in items:
             if item.nodeid in self._prepared or item.get_closest_marker("container") is None:
                 continue
             try:
                 req = item_request(item)
-                if not req.isolate or not can_fork():
+                if not req.isolate or not _can_prepare():
                     continue
                 spec = self.isolate_spec(item, req)
                 from pytest_plugin.isolate import frozen_heap
@@ -357,10 +357,10 @@ class SandboxFactory:
         fork; else (spec, None), for ``run_callable``."""
         found = self._prepared.pop(item.nodeid, None)
         if found is None:
-            from sandbox.runtime.process import can_fork, prepare_callable
+            from sandbox.runtime.process import prepare_callable
 
             spec = self.isolate_spec(item, req)
-            if not can_fork():
+            if not _can_prepare():
                 return spec, None
             from pytest_plugin.isolate import frozen_heap
 
@@ -408,14 +408,12 @@ class SandboxFactory:
             return pooled
         mounts = [parse_volume(v) for v in req.volumes]
         mounts += [Mount(target=p, type="bind", source=p, readonly=ro) for p, ro in binds]
-        from sandbox.runtime.process import can_fork
-
         # a layer that is not kept lives in memory (RootfsSpec.scratch) where the body runs in a
         # prepared container, whose layer the diff of a failure can still read
         opts = RunOptions(env=req.env, workdir=workdir, network=req.network,
                           mounts=tuple(mounts), remove=False, labels=self.labels(item),
                           storage_driver=req.storage_driver, volatile=True,
-                          scratch=req.layer == "memory" and req.keep == "none" and can_fork())
+                          scratch=req.layer == "memory" and req.keep == "none" and _can_prepare())
         spec = self.engine.create(req.image, ["true"], opts)
         self._isolate_state[spec.id] = (key, _snapshot(spec))
         return spec
@@ -494,6 +492,15 @@ class SandboxFactory:
             import shutil
 
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _can_prepare() -> bool:
+    """Whether an isolated test's container can be set up ahead (``prepare_callable``): its
+    helper is forked by the session's zygote, or by this process where it has no threads."""
+    from sandbox import _zygote
+    from sandbox.runtime.process import can_fork
+
+    return _zygote.current() is not None or can_fork()
 
 
 def _snapshot(spec: Any) -> list[tuple[str, int, int, int]]:

@@ -351,12 +351,15 @@ class Prepared:
 
     def call(self, payload: Callable[[], bytes], *,
              timeout: float | None = None) -> tuple[int, bytes]:
-        """As :func:`run_callable`, in this prepared container (once)."""
+        """As :func:`run_callable`, in this prepared container (once). Like
+        :func:`run_callable`, the one fork a possibly threaded caller makes: J, the forked
+        process, loads nothing and takes no lock the caller's threads may hold."""
         init_pid = self._ready()
         from sandbox import _syscalls as sc
         from sandbox._nsexec import join_container
         from sandbox.runtime.init import _docker_status, _run_payload
 
+        sc.preload()  # once per process: not in J
         result_r, result_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # J: joins, then forks the body into the PID namespace and waits for it

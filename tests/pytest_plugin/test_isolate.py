@@ -129,7 +129,9 @@ def test_isolate_under_xdist(pytester: pytest.Pytester, run_inner, containers_le
             # each test sees only its own writes, whichever worker runs it
             assert not os.path.exists("/etc/marker")
             open("/etc/marker", "w").write(str(n))
-            assert os.getpid() == 2
+            # set up ahead by the worker's zygote (PID 2 holds it), its layer in memory
+            assert os.getpid() == 3
+            assert "/.sandbox-upper/" in open("/proc/self/mountinfo").read()
     ''')
     result = run_inner("-n", "2", "-q")
     result.assert_outcomes(passed=6)
