@@ -93,6 +93,10 @@ def _forked_exec(req: dict[str, Any], data: bytes | None, timeout: float | None,
                  name: str) -> ExecResult:
     """``exec_run`` through a fork of this (single-threaded) process: the same helper code as
     ``python -m sandbox._nsexec``, with pipes for its standard streams."""
+    import sandbox._nsexec  # noqa: F401 - loaded here once, not in every helper
+    from sandbox import _syscalls
+
+    _syscalls.preload()
     pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
     pid = os.fork()
     if pid == 0:

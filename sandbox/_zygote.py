@@ -142,10 +142,12 @@ def main() -> NoReturn:
     sc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() == 1:  # the caller is gone already
         os._exit(0)
-    # loaded once here, not in every helper
+    # loaded once here, not in every helper (sandbox._exec alone, with dataclasses, is 8 ms)
+    import sandbox._exec  # noqa: F401
     import sandbox._logs  # noqa: F401
     import sandbox._monitor  # noqa: F401
     import sandbox._nsexec  # noqa: F401
+    import sandbox.runtime.plan  # noqa: F401
     import sandbox.runtime.process  # noqa: F401
 
     sc.preload()
