@@ -114,20 +114,17 @@ def test_show(request):
     result.stdout.fnmatch_lines([f"*REQ {expected}*"])
 
 
-def test_bad_ini_value_says_where(pytester: pytest.Pytester, inner) -> None:
-    pytester.makeini("[pytest]\nsandbox_keep = sometimes\n")
+@pytest.mark.parametrize(("ini", "message"), [
+    ("sandbox_keep = sometimes",
+     "sandbox_keep (ini): invalid value 'sometimes'; use one of none, failed, all"),
+    ("sandbox_layer = ram", "sandbox_layer (ini): invalid value 'ram'; use one of memory, disk"),
+])
+def test_bad_ini_value_says_where(pytester: pytest.Pytester, inner, ini: str,
+                                  message: str) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
     result = inner()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*sandbox_keep (ini): invalid value 'sometimes'; use one of "
-                                 "none, failed, all*"])
-
-
-def test_bad_layer_ini_value_says_where(pytester: pytest.Pytester, inner) -> None:
-    pytester.makeini("[pytest]\nsandbox_layer = ram\n")
-    result = inner()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*sandbox_layer (ini): invalid value 'ram'; use one of "
-                                 "memory, disk*"])
+    result.stderr.fnmatch_lines([f"*{message}*"])
 
 
 def test_bad_network_option_says_where(pytester: pytest.Pytester, inner) -> None:
