@@ -37,7 +37,7 @@ def writable_layer(cdir: str, rootfs: dict[str, Any]) -> tuple[str, int] | None:
     cpid = int(st.get("cpid") or 0)
     if not cpid or not cs.alive(int(st.get("init_pid") or 0), int(st.get("init_start") or 0)):
         return None
-    return f"/proc/{cpid}/root{RootfsSpec(**rootfs).upper_dir}", cpid
+    return RootfsSpec(**rootfs).upper_seen_from_outside(cpid), cpid
 
 
 def in_layer_userns(engine: Engine, layer: tuple[str, int], rootfs: dict[str, Any],

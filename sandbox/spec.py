@@ -86,6 +86,11 @@ class RootfsSpec:
         """The directory overlayfs takes as ``workdir`` (see ``upper_dir``)."""
         return f"{self.work}/.sandbox-work" if self.scratch else self.work
 
+    def upper_seen_from_outside(self, holder: int) -> str:
+        """Where a process outside the container reads ``upper_dir`` of a scratch layer while
+        ``holder`` (C, in whose mount namespace the tmpfs is) lives."""
+        return f"/proc/{holder}/root{self.upper_dir}"
+
 
 @record
 class ContainerSpec:

@@ -385,7 +385,7 @@ class Prepared:
         if not rootfs.scratch:
             return rootfs.upper
         self._ready()
-        return f"/proc/{self._holder}/root{rootfs.upper_dir}"
+        return rootfs.upper_seen_from_outside(self._holder)
 
     def discard(self) -> None:
         """Kill the container (its PID 1 takes the PID namespace down); the helper then ends
