@@ -326,8 +326,8 @@ class SandboxFactory:
         """Set up the containers of ``items`` (the next tests, those that are
         ``isolate=True``) now, each in a forked helper, so that their namespaces and mounts
         are made on the other core while the current test runs; :meth:`take_prepared` hands
-        them over. Only where this process may fork (not in a threaded xdist worker: those set
-        up each container in line)."""
+        them over. The helpers are forked by the session's zygote (or by this process where it
+        has no zygote and no threads; else each container is set up in line)."""
         wanted = {it.nodeid for it in items}
         for nodeid in [n for n in self._prepared if n not in wanted]:
             self._drop_prepared(self._prepared.pop(nodeid))  # its test did not take it
@@ -353,8 +353,8 @@ class SandboxFactory:
                 logger.debug("not preparing %s ahead: %r", item.nodeid, exc)
 
     def take_prepared(self, item: pytest.Item, req: ContainerRequest) -> tuple[Any, Any]:
-        """(spec, prepared container) for ``item``: set up ahead, or now where this process may
-        fork; else (spec, None), for ``run_callable``."""
+        """(spec, prepared container) for ``item``: set up ahead, or now where it can be
+        (``_can_prepare``); else (spec, None), for ``run_callable``."""
         found = self._prepared.pop(item.nodeid, None)
         if found is None:
             from sandbox.runtime.process import prepare_callable

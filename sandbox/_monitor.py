@@ -92,20 +92,14 @@ class Launch:
 def launch_async(root: str, cid: str, map_mode: str) -> Launch:
     """Fork (or spawn, from a threaded caller) the monitor of ``cid`` and return at once;
     where this process has a zygote (``sandbox._zygote``), the zygote forks it."""
-    r, w = os.pipe()
     from sandbox import _zygote
     from sandbox.runtime.process import can_fork
 
     zygote = _zygote.current()
     if zygote is not None:
-        try:
-            zygote.fork("monitor", {"root": root, "cid": cid, "map_mode": map_mode}, [w])
-        except BaseException:
-            os.close(r)
-            raise
-        finally:
-            os.close(w)
-        return Launch(0, r)
+        return Launch(0, zygote.fork_reporting(
+            "monitor", {"root": root, "cid": cid, "map_mode": map_mode}))
+    r, w = os.pipe()
     if can_fork():
         from sandbox import _logs  # noqa: F401 - every monitor needs it: imported once here
         pid = os.fork()

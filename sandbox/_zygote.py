@@ -72,6 +72,19 @@ class Zygote:
             raise SandboxError("the session's helper process (sandbox._zygote) is gone")
         return int(answer)
 
+    def fork_reporting(self, op: str, args: dict[str, Any]) -> int:
+        """Fork a helper for ``op`` that reports on a pipe: it gets the write end, the caller
+        the read end, returned here."""
+        r, w = os.pipe()
+        try:
+            self.fork(op, args, [w])
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        return r
+
     def close(self) -> None:
         """End the zygote (it exits when its socket closes) and reap it."""
         self.sock.close()

@@ -330,8 +330,9 @@ class Engine:
             self._claim_name(name, cid)
         cfg = image.run_config
         user = opts.user if opts.user is not None else str(cfg.get("User") or "")
+        scratch = opts.scratch and driver == "overlay"  # a tmpfs layer needs kernel overlayfs
         try:
-            rootfs = self._rootfs(image, cdir, driver, opts.scratch and driver == "overlay")
+            rootfs = self._rootfs(image, cdir, driver, scratch)
             mapping = self.mapping
             spec = ContainerSpec(
                 id=cid, name=name, image=image_ref, image_id=image.id, rootfs=rootfs,
@@ -346,7 +347,7 @@ class Engine:
                 labels=dict(opts.labels))
             if opts.remove or opts.volatile:
                 rootfs = replace(rootfs, volatile=True)
-            if opts.scratch and rootfs.driver == "overlay":
+            if scratch:
                 rootfs = replace(rootfs, scratch=True)
             spec = replace(spec, rootfs=rootfs)
             validate_spec(spec)

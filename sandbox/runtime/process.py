@@ -431,20 +431,14 @@ def prepare_callable(spec: ContainerSpec, mapping: IdMapping) -> Prepared:
     """
     from sandbox import _zygote
 
-    r, w = os.pipe()
     zygote = _zygote.current()
     if zygote is not None:
-        try:
-            zygote.fork("prepare", {"spec": spec_to_json(spec), "map_mode": mapping.mode}, [w])
-        except BaseException:
-            os.close(r)
-            raise
-        finally:
-            os.close(w)
-        return Prepared(spec, 0, r)
+        return Prepared(spec, 0, zygote.fork_reporting(
+            "prepare", {"spec": spec_to_json(spec), "map_mode": mapping.mode}))
     from sandbox import _syscalls as sc
 
     sc.preload()
+    r, w = os.pipe()
     helper = os.fork()
     if helper == 0:
         try:
