@@ -9,13 +9,11 @@ asked for beyond the spec (ports, volumes, restart policy, stop signal, limits).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Iterator
 
 from sandbox import _json as json
+from sandbox._flock import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,16 +116,9 @@ def write_hostconfig(cdir: str, data: dict[str, Any]) -> None:
     os.replace(tmp, os.path.join(cdir, "hostconfig.json"))
 
 
-@contextlib.contextmanager
-def state_lock(cdir: str) -> Iterator[None]:
+def state_lock(cdir: str) -> FileLock:
     """An ``flock`` on ``containers/<id>/lock`` (it goes away with the directory)."""
-    fd = os.open(os.path.join(cdir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a forked copy of fd must not keep it
-        os.close(fd)
+    return FileLock(os.path.join(cdir, "lock"))
 
 
 def children_of(pid: int) -> list[int]:

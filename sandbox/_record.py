@@ -55,29 +55,21 @@ def _make(cls: type) -> type:
         for name in klass.__dict__.get("__annotations__", {}):
             if name not in names and not name.startswith("_"):
                 names.append(name)
-    env: dict[str, Any] = {"_s": object.__setattr__, "_M": _MISSING}
-    params, body, compared = [], [], []
+    defaults: dict[str, Any] = {}
+    factories: dict[str, Callable[[], Any]] = {}
+    compared = []
     for name in names:
         value = getattr(cls, name, _MISSING)
         spec = value if isinstance(value, _Field) else _Field(value, None, True)
-        if isinstance(value, _Field):
-            delattr(cls, name) if name in cls.__dict__ else None
+        if isinstance(value, _Field) and name in cls.__dict__:
+            delattr(cls, name)
         if spec.compare:
             compared.append(name)
         if spec.factory is not None:
-            env[f"_f_{name}"] = spec.factory
-            params.append(f"{name}=_M")
-            body.append(f" _s(self, {name!r}, _f_{name}() if {name} is _M else {name})")
+            factories[name] = spec.factory
         elif spec.default is not _MISSING:
-            env[f"_d_{name}"] = spec.default
-            params.append(f"{name}=_d_{name}")
-            body.append(f" _s(self, {name!r}, {name})")
-        else:
-            params.append(name)
-            body.append(f" _s(self, {name!r}, {name})")
-    src = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or " pass")
-    exec(_compiled(src), env)  # noqa: S102 - from the class's own annotations, as dataclasses does
-    cls.__init__ = env["__init__"]  # type: ignore[misc]
+            defaults[name] = spec.default
+    cls.__init__ = _make_init(cls.__qualname__, tuple(names), defaults, factories)  # type: ignore[misc]
     cls.__record_fields__ = tuple(names)  # type: ignore[attr-defined]
     cls.__record_compare__ = tuple(compared)  # type: ignore[attr-defined]
     cls.__setattr__ = _setattr  # type: ignore[assignment,method-assign]
@@ -88,42 +80,35 @@ def _make(cls: type) -> type:
     return cls
 
 
-# The generated ``__init__`` sources, compiled once and kept beside the byte-code (as Python
-# keeps modules'): compiling a dozen of them was a millisecond of every ``sandbox run``.
-_CODE: dict[str, Any] | None = None
-_CODE_FILE = ""
+def _make_init(qualname: str, names: tuple[str, ...], defaults: dict[str, Any],
+               factories: dict[str, Callable[[], Any]]) -> Callable[..., None]:
+    """One ``__init__`` for every record, closed over its fields: no source generated and
+    compiled per class, as ``dataclasses`` does (a dozen ``compile`` calls were 1-3 ms of every
+    ``sandbox run``). Argument errors are the ``TypeError`` Python's own would be."""
+    setter = object.__setattr__
+    where = f"{qualname}.__init__()"
 
+    def __init__(self: object, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        if len(args) > len(names):
+            raise TypeError(f"{where} takes {len(names) + 1} positional arguments but "
+                            f"{len(args) + 1} were given")
+        for name, value in zip(names, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"{where} got multiple values for argument {name!r}")
+            setter(self, name, value)
+        for name in names[len(args):]:
+            if name in kwargs:
+                setter(self, name, kwargs.pop(name))
+            elif name in defaults:
+                setter(self, name, defaults[name])
+            elif name in factories:
+                setter(self, name, factories[name]())
+            else:
+                raise TypeError(f"{where} missing required argument: {name!r}")
+        if kwargs:
+            raise TypeError(f"{where} got an unexpected keyword argument {next(iter(kwargs))!r}")
 
-def _compiled(src: str) -> Any:
-    global _CODE, _CODE_FILE
-    import marshal
-    import os
-    import sys
-
-    if _CODE is None:
-        _CODE_FILE = os.path.join(os.path.dirname(__file__), "__pycache__",
-                                  f"_record_inits.{sys.implementation.cache_tag}.marshal")
-        try:
-            with open(_CODE_FILE, "rb") as f:
-                loaded = marshal.load(f)
-            _CODE = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError, EOFError, TypeError):
-            _CODE = {}
-    code = _CODE.get(src)
-    if code is None:
-        code = _CODE[src] = compile(src, "<record __init__>", "exec")
-        if not sys.flags.dont_write_bytecode:
-            tmp = f"{_CODE_FILE}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    marshal.dump(_CODE, f)
-                os.replace(tmp, _CODE_FILE)  # atomic: concurrent writers each leave a whole file
-            except OSError:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-    return code
+    return __init__
 
 
 def _key(obj: object) -> tuple[Any, ...]:

@@ -24,7 +24,7 @@ __all__ = [
     "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_STRICTATIME", "MS_RELATIME", "MNT_DETACH",
     "unshare", "setns", "mount", "umount2", "pivot_root", "prctl", "set_no_new_privs",
     "drop_bounding_caps", "set_caps", "set_pdeathsig", "set_child_subreaper", "loopback_up",
-    "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap",
+    "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap", "TIOCSCTTY",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -250,6 +250,8 @@ def set_caps(effective: frozenset[int], permitted: frozenset[int],
     _check(lib.syscall(_sysno("capset"), lib.buffer(header), lib.buffer(data)), "capset")
 
 
+# termios.TIOCSCTTY (asm-generic, as on both architectures above), without importing termios
+TIOCSCTTY = 0x540E
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1

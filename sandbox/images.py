@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from collections.abc import Iterator
 
 from sandbox import _json as json
 from sandbox._record import field, record
@@ -25,6 +24,7 @@ from sandbox.store import Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 __all__ = ["Image", "ImageStore", "HOST_IMAGE", "REF_ANNOTATION", "chain_ids", "host_arch",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
 
 from sandbox import _control as _ctl
 from sandbox import _cstate as cs
@@ -24,6 +23,7 @@ from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxErr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream

@@ -16,16 +16,18 @@ Every write goes to ``tmp/`` first and is renamed into place; processes coordina
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
 
 from sandbox import _json as json
+from sandbox._flock import FileLock
 from sandbox.errors import DigestMismatch, StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -138,10 +140,20 @@ def _on_rm_error(func: Any, path: str, exc: Any) -> None:
         raise exc
     name = getattr(func, "__name__", "")
     if name in ("rmdir", "unlink", "remove"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             func(path)
+        except FileNotFoundError:
+            pass
     elif name in ("open", "scandir", "listdir", "lstat"):
         _rmtree(path)
+
+
+def unlink_missing_ok(path: str) -> None:
+    """``os.unlink`` that lets a path already gone be."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rmtree(path: str) -> None:
@@ -258,17 +270,10 @@ class Store:
         return self
 
     # -- locks --------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, name: str = "store", *, shared: bool = False) -> Iterator[None]:
+    def lock(self, name: str = "store", *, shared: bool = False) -> FileLock:
         """An ``flock`` on ``locks/<name>.lock``; blocks until it is ours."""
         self.ensure()
-        fd = os.open(self.path("locks", name.replace("/", "_") + ".lock"),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return FileLock(self.path("locks", name.replace("/", "_") + ".lock"), shared=shared)
 
     # -- atomic writes ------------------------------------------------------------------------
     def mkstemp(self, suffix: str = "") -> tuple[int, str]:
@@ -331,8 +336,7 @@ class Store:
             os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_missing_ok(tmp)
             raise
 
     def write_json(self, path: str, obj: Any) -> None:
@@ -373,11 +377,9 @@ class Store:
             self.ingest_blob(digest, [data], size=len(data))
         return digest
 
-    @contextlib.contextmanager
-    def blob_lock(self, digest: str) -> Iterator[None]:
+    def blob_lock(self, digest: str) -> FileLock:
         """Held while a blob is fetched, so concurrent pulls download it once."""
-        with self.lock(f"blob-{_hex(digest)}"):
-            yield
+        return self.lock(f"blob-{_hex(digest)}")
 
     def ingest_blob_once(self, digest: str, chunks: Iterable[bytes], *,
                          size: int | None = None) -> None:
@@ -420,15 +422,13 @@ class Store:
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_missing_ok(tmp)
             if exc.errno == errno.ENOSPC:
                 raise StoreError(f"no space left on the device of {self.root} while writing "
                                  f"{digest}", hint="free some space, then retry") from None
             raise
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_missing_ok(tmp)
             raise
 
     def ingest_file(self, src: BinaryIO) -> tuple[str, int]:
@@ -455,15 +455,13 @@ class Store:
             os.replace(tmp, self.blob_path(digest))
             return digest, size, new
         except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_missing_ok(tmp)
             if exc.errno == errno.ENOSPC:
                 raise StoreError(f"no space left on the device of {self.root}",
                                  hint="free some space, then retry") from None
             raise
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_missing_ok(tmp)
             raise
 
     def iter_blobs(self) -> Iterator[str]:
@@ -511,8 +509,10 @@ class Store:
     def blobs_size(self, digests: Iterable[str]) -> int:
         total = 0
         for digest in digests:
-            with contextlib.suppress(OSError):
+            try:
                 total += self.blob_size(digest)
+            except OSError:
+                pass
         return total
 
     def layer_size(self, chain_id: str) -> int:
@@ -539,8 +539,7 @@ class Store:
         except FileNotFoundError:
             return 0
         for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(directory, name))
+            unlink_missing_ok(os.path.join(directory, name))
         return len(names)
 
     def gc_root_blobs(self) -> set[str]:
@@ -551,8 +550,10 @@ class Store:
         except FileNotFoundError:
             return found
         for name in names:
-            with contextlib.suppress(OSError, ValueError, TypeError):
+            try:
                 found.update(self.read_json(os.path.join(directory, name)))
+            except (OSError, ValueError, TypeError):
+                pass
         return found
 
     def iter_containers(self) -> Iterator[str]:

@@ -24,7 +24,6 @@ import errno
 import fcntl
 import os
 import sys
-import termios
 
 from sandbox import _json as json
 from sandbox import _sig as signal
@@ -339,7 +338,7 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     os.setsid()
     if slave_fd >= 0:
-        fcntl.ioctl(slave_fd, termios.TIOCSCTTY, 0)
+        fcntl.ioctl(slave_fd, sc.TIOCSCTTY, 0)
         for fd in (0, 1, 2):
             os.dup2(slave_fd, fd)
         os.close(slave_fd)

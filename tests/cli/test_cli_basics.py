@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,22 @@ def test_unknown_command_is_one_line_125(cli):
     assert r.returncode == 125
     assert r.stderr.strip() == ("sandbox: 'frobnicate' is not a sandbox command "
                                 "(see 'sandbox --help')")
+
+
+def test_the_installed_sandbox_command_runs_without_importing_re():
+    """``sandbox`` is a plain script beside the interpreter (bin/sandbox), not pip's
+    entry-point wrapper, which imports ``re`` before our code runs."""
+    script = Path(sys.executable).parent / "sandbox"
+    assert script.read_text().startswith("#!")
+    # -S: without site, an editable install's finder (which imports re itself) stays out
+    import sandbox
+
+    env = {"PYTHONPATH": str(Path(sandbox.__file__).parent.parent), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-S", "-X", "importtime", str(script), "--help"],
+                       capture_output=True, text=True, check=False, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("Usage:  sandbox ")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()}
+    assert "sandbox.cli" in imported and "re" not in imported
 
 
 def test_unknown_global_flag(cli):

@@ -1,15 +1,9 @@
-"""sandbox._record: dataclass semantics, and the generated __init__ code cached on disk."""
+"""sandbox._record: dataclass semantics without generated code."""
 
 from __future__ import annotations
 
-import marshal
-import os
-import sys
-from pathlib import Path
-
 import pytest
 
-from sandbox import _record
 from sandbox._record import FrozenInstanceError, asdict, field, fields, record, replace
 
 
@@ -37,33 +31,13 @@ def test_records_behave_like_frozen_dataclasses() -> None:
         replace(p, z=1)
 
 
-def test_generated_init_code_is_cached_beside_the_byte_code(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = tmp_path / "inits.marshal"
-    monkeypatch.setattr(_record, "_CODE", {})
-    monkeypatch.setattr(_record, "_CODE_FILE", str(cache))
-    monkeypatch.setattr(sys, "flags", type("F", (), {"dont_write_bytecode": False})())
-    src = "def __init__(self, a):\n _s(self, 'a', a)"
-    code = _record._compiled(src)
-    assert marshal.loads(cache.read_bytes()) == {src: code}
-    monkeypatch.setattr(_record, "_CODE", None)  # a new process: loaded, not compiled
-    monkeypatch.setattr(_record, "_CODE_FILE", "")
-    monkeypatch.setattr(os.path, "dirname", lambda _p: str(tmp_path / "x"))
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "__pycache__").mkdir()
-    target = tmp_path / "x" / "__pycache__" / \
-        f"_record_inits.{sys.implementation.cache_tag}.marshal"
-    target.write_bytes(marshal.dumps({src: code}))
-    monkeypatch.setattr(_record, "compile", lambda *a: pytest.fail("compiled again"),
-                        raising=False)
-    assert _record._compiled(src) == code
-
-
-def test_a_corrupt_cache_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = tmp_path / "__pycache__"
-    bad.mkdir()
-    (bad / f"_record_inits.{sys.implementation.cache_tag}.marshal").write_bytes(b"\x00garbage")
-    monkeypatch.setattr(_record, "_CODE", None)
-    monkeypatch.setattr(os.path, "dirname", lambda _p: str(tmp_path))
-    src = "def __init__(self):\n pass"
-    assert _record._compiled(src).co_filename == "<record __init__>"
+def test_argument_errors_are_pythons_own() -> None:
+    with pytest.raises(TypeError, match=r"Point.__init__\(\) missing required argument: 'x'"):
+        Point(y=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes 5 positional arguments but 6 were given"):
+        Point(1, 2, [], "n", "extra")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values for argument 'x'"):
+        Point(1, x=2)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        Point(1, z=2)  # type: ignore[call-arg]
+    assert Point(y=2, x=1) == Point(1, 2)
