@@ -114,35 +114,20 @@ def _exec(req: dict[str, Any]) -> int:
     spec = _exec_spec(req)
     join_container(int(req["init_pid"]), int(req.get("init_start") or 0))
     master = slave = -1
+    pty = ""
     if spec.tty:
         master, slave = os.openpty()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(err_r)
+        pty = init.pty_path(master)
+    try:
+        pid = init.spawn_command(spec, pty)  # this helper becomes the command's user too
+    except init.SetupFailed as exc:
+        sys.stderr.write(f"sandbox: {exc.message}\n")
         if master >= 0:
             os.close(master)
-        try:
-            init._exec_command(spec, slave)
-        except init.SetupFailed as exc:
-            os.write(err_w, json.dumps({"message": exc.message, "code": exc.code}).encode())
-            os._exit(exc.code)
-        except BaseException as exc:  # noqa: BLE001
-            os.write(err_w, json.dumps({"message": f"exec: {exc}", "code": 126}).encode())
-            os._exit(126)
-    os.close(err_w)
-    if slave >= 0:
-        os.close(slave)
-    msg = b""
-    while chunk := os.read(err_r, 65536):
-        msg += chunk
-    os.close(err_r)
-    if msg:
-        try:
-            data = json.loads(msg)
-            sys.stderr.write(f"sandbox: {data['message']}\n")
-        except (ValueError, KeyError):
-            pass
+        return 0 if req.get("detach") else exc.code
+    finally:
+        if slave >= 0:
+            os.close(slave)
     if req.get("detach"):
         return 0
     return _wait_child(pid, master, bool(req.get("kill_on_term")), bool(req.get("tty_proxy")))

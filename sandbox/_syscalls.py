@@ -23,8 +23,8 @@ __all__ = [
     "MS_RDONLY", "MS_NOSUID", "MS_NODEV", "MS_NOEXEC", "MS_REMOUNT", "MS_BIND", "MS_MOVE",
     "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_STRICTATIME", "MS_RELATIME", "MNT_DETACH",
     "unshare", "setns", "mount", "umount2", "pivot_root", "prctl", "set_no_new_privs",
-    "drop_bounding_caps", "set_caps", "set_pdeathsig", "set_child_subreaper", "loopback_up",
-    "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap", "TIOCSCTTY",
+    "drop_bounding_caps", "set_caps", "set_pdeathsig", "get_pdeathsig", "set_child_subreaper",
+    "loopback_up", "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap", "TIOCGPTN",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -50,6 +50,7 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -206,6 +207,16 @@ def set_pdeathsig(sig: int) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
 
 
+def get_pdeathsig() -> int:
+    """The parent-death signal (0 for none): the kernel clears it when the process's
+    credentials change, so whoever changes them and wants it kept sets it again."""
+    lib = _lib()
+    buf = lib.buffer(b"\0" * 4)
+    _check(lib.prctl(PR_GET_PDEATHSIG, buf), "prctl")
+    value: int = struct.unpack("i", bytes(buf))[0]
+    return value
+
+
 def set_child_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
@@ -250,8 +261,9 @@ def set_caps(effective: frozenset[int], permitted: frozenset[int],
     _check(lib.syscall(_sysno("capset"), lib.buffer(header), lib.buffer(data)), "capset")
 
 
-# termios.TIOCSCTTY (asm-generic, as on both architectures above), without importing termios
-TIOCSCTTY = 0x540E
+# TIOCGPTN, _IOR('T', 0x30, unsigned int) in asm-generic (both architectures above): termios
+# lacks it
+TIOCGPTN = 0x80045430
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1

@@ -9,6 +9,7 @@ mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from sandbox import _json as json
@@ -259,6 +260,8 @@ class Engine:
             from sandbox.runtime.userns import run_in_userns
 
             run_in_userns(_flatten, list(lowers), upper)
+        elif _init_layer_fits(lowers):
+            lowers = (self.store.init_layer(), *lowers)
         return RootfsSpec(driver=driver, lowers=lowers, upper=upper, work=work, mountpoint=mnt)
 
     @staticmethod
@@ -435,6 +438,26 @@ def write_container_files(spec: ContainerSpec) -> None:
               "rootfs": {"lowers": list(spec.rootfs.lowers)}}
     with open(os.path.join(cdir, "config.json"), "w") as f:
         json.dump(record, f)
+
+
+def _init_layer_fits(lowers: tuple[str, ...]) -> bool:
+    """Whether ``Store.init_layer`` may lie over these layers (top-most first): where the
+    image has one of its directories as something else (``/etc`` a link, say), the init layer
+    would hide it, and the runtime makes its mount points in the writable layer instead."""
+    from sandbox.store import INIT_LAYER_DIRS
+
+    for name in INIT_LAYER_DIRS:
+        for lower in lowers:
+            try:
+                st = os.lstat(os.path.join(lower, name))
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+            if not stat.S_ISDIR(st.st_mode):
+                return False  # a link, a file, or a whiteout (a 0/0 character device)
+            break
+    return True
 
 
 def _check_name(name: str) -> None:

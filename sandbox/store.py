@@ -6,6 +6,9 @@ Layout (see DESIGN.md "On disk")::
       version, oci-layout, index.json, blobs/sha256/<hex>   content store (an OCI image layout;
                                                             blobs/sha512/<hex> for sha512 ones)
       layers/<chain-hex>/{diff/, meta.json}                 unpacked layers, shared
+      init-layer/{dev/, proc/, sys/, etc/{hosts, hostname, resolv.conf}}
+                                                            the runtime's mount points, a
+                                                            lower layer over every image
       containers/<id>/...                                   one directory per container
       volumes/<name>/
       tmp/                                                  staging; renamed into place
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 
-__all__ = ["Store", "default_root", "rm_rf", "disk_usage", "STORE_VERSION"]
+__all__ = ["Store", "default_root", "rm_rf", "disk_usage", "unlink_missing_ok", "STORE_VERSION",
+           "INIT_LAYER_DIRS", "INIT_LAYER_FILES"]
 
 STORE_VERSION = "1"
 _CHUNK = 1 << 20
@@ -56,6 +60,11 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return state != [b"Z"]
+
+
+# What ``Store.init_layer`` holds: what the runtime mounts over (runtime.plan).
+INIT_LAYER_DIRS = ("dev", "proc", "sys", "etc")
+INIT_LAYER_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 
 
 def _tmp_prefix() -> str:
@@ -492,6 +501,28 @@ class Store:
         self.write_json(self.path("index.json"), index)
 
     # -- layers -------------------------------------------------------------------------------
+    def init_layer(self) -> str:
+        """``init-layer/``: the paths the runtime mounts over, as empty directories and files
+        (Docker's ``<id>-init`` layer, one per store): laid over an image's layers, the
+        container's ``/etc/hosts`` and the like need not be created in its writable layer,
+        an inode allocation and a copy-up of ``/etc`` per container."""
+        path = self.path("init-layer")
+        if os.path.isdir(path):
+            return path
+        tmp = self.mkdtemp("-init")
+        try:
+            os.chmod(tmp, 0o755)
+            for name in INIT_LAYER_DIRS:
+                os.mkdir(os.path.join(tmp, name), 0o755)
+            for name in INIT_LAYER_FILES:
+                os.close(os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT, 0o644))
+            os.rename(tmp, path)
+        except OSError:
+            _rmtree(tmp)
+            if not os.path.isdir(path):  # not made by a concurrent process either
+                raise
+        return path
+
     def has_layer(self, chain_id: str) -> bool:
         return os.path.exists(os.path.join(self.layer_dir(chain_id), "meta.json"))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import sys
 
 from sandbox import _json as json
@@ -287,8 +288,12 @@ def resolve_user(user: str) -> tuple[int, int, list[int], str, str]:
 
 
 def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
+    """Become ``spec.user``, with the container's capabilities and no_new_privs; returns the
+    user's environment defaults. The parent-death signal is kept (a change of credentials
+    clears it)."""
     uid, gid, groups, home, _ = resolve_user(spec.user)
     caps = frozenset(_CAPS[c] for c in spec.caps if c in _CAPS)
+    pdeathsig = sc.get_pdeathsig()
     sc.drop_bounding_caps(caps)
     try:
         os.setgroups(groups)
@@ -306,21 +311,42 @@ def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
     if uid == 0:
         sc.set_caps(caps, caps, frozenset())
     sc.set_no_new_privs()
+    if pdeathsig:
+        sc.set_pdeathsig(pdeathsig)
     return {"HOME": home}
 
 
-def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
-    """``os.execvpe`` without its lazy ``import warnings`` (after ``pivot_root`` the host's
-    standard library is gone): search the container's PATH, as execvp(3) does."""
+# What a command starts with at the default disposition: the signals this interpreter handles
+# (glibc's posix_spawn resets those anyway) and the ones Python ignores at start-up.
+_DEFAULT_SIGNALS = FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
+
+
+def _spawnvpe(argv: list[str], env: dict[str, str],
+              actions: list[tuple[int, ...]]) -> int:
+    """``posix_spawn`` searching the container's PATH as execvp(3) does (a path that cannot be
+    stat'ed is not tried); returns the pid. ``os.posix_spawnp`` would search our own PATH."""
     file = argv[0]
     if "/" in file:
-        os.execve(file, argv, env)
+        candidates = [file]
+    else:
+        candidates = [os.path.join(d or ".", file)
+                      for d in (env.get("PATH") or os.defpath).split(os.pathsep)]
     denied: OSError | None = None
-    for directory in (env.get("PATH") or os.defpath).split(os.pathsep):
+    for path in candidates:
+        if len(candidates) > 1:
+            try:
+                os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                denied = denied or exc
+                continue
         try:
-            os.execve(os.path.join(directory or ".", file), argv, env)
+            return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
+                                  setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
         except (FileNotFoundError, NotADirectoryError):
-            continue
+            if len(candidates) == 1:
+                raise
         except PermissionError as exc:
             denied = exc
         except OSError as exc:
@@ -332,20 +358,29 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 
-def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
-    for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    os.setsid()
-    if slave_fd >= 0:
-        fcntl.ioctl(slave_fd, sc.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(slave_fd, fd)
-        os.close(slave_fd)
+def pty_path(master_fd: int) -> str:
+    """The container path of the pty whose master is ``master_fd`` (``ptsname``; ``ttyname``
+    needs ``/proc/self``, which an exec helper outside the container's pid namespace lacks)."""
+    number = struct.unpack("I", fcntl.ioctl(master_fd, sc.TIOCGPTN, b"\0" * 4))[0]
+    return f"/dev/pts/{number}"
+
+
+def spawn_command(spec: ContainerSpec, pty: str = "") -> int:
+    """Start ``spec.argv`` in the container, in a session of its own; returns its pid.
+
+    This process (PID 1, or an exec helper) takes the command's user, capabilities and
+    no_new_privs first, and keeps them: all it does afterwards is wait and forward signals.
+    ``posix_spawn`` is a vfork, without the copy-on-write faults a fork of this interpreter
+    costs. ``pty``, a slave's path, is opened in the new session, so it becomes the command's
+    controlling terminal, on 0, 1 and 2. Raises ``SetupFailed`` with Docker's status (126,
+    127) when the command cannot start.
+    """
+    actions: list[tuple[int, ...]] = []
+    if pty:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, pty, os.O_RDWR, 0),  # type: ignore[list-item]
+                   (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
     elif not spec.interactive:
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]  # type: ignore[list-item]
     workdir = spec.workdir or "/"
     os.makedirs(workdir, exist_ok=True)
     defaults = _drop_privileges(spec)
@@ -368,7 +403,7 @@ def _exec_command(spec: ContainerSpec, slave_fd: int) -> NoReturn:
                           f"{exc.strerror}", 126) from None
     argv = list(spec.argv)
     try:
-        _execvpe(argv, env)
+        return _spawnvpe(argv, env, actions)
     except FileNotFoundError:
         if "/" in argv[0]:
             msg = f'exec: "{argv[0]}": stat {argv[0]}: no such file or directory'
@@ -409,28 +444,27 @@ def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None 
         sc.set_pdeathsig(signal.SIGKILL)
         sc.unshare(sc.CLONE_NEWNS)
         execute_plan(build_plan(spec), spec.rootfs.mountpoint)
-        slave = -1
+        slave, pty = -1, ""
         if spec.tty:
             master, slave = os.openpty()
+            pty = pty_path(master)
             _sock.send_fds(sock, [b"T"], [master])
             os.close(master)
         if spec.network.startswith(("slirp4netns", "pasta")):
             _recv_exact(sock, b"N")  # the caller's slirp4netns or pasta has configured it
         forwarder = Forwarder()
-        child = os.fork()
-        if child == 0:
-            forwarder.restore()
-            try:
-                if payload is not None:
+        if payload is None:
+            child = spawn_command(spec, pty)  # this process becomes the command's user too
+        else:
+            child = os.fork()
+            if child == 0:
+                forwarder.restore()
+                try:
                     sock.close()
                     _run_payload(spec, payload, result_fd)
-                _exec_command(spec, slave)
-            except SetupFailed as exc:
-                report(sock, exc.kind, exc.message, exc.code)
-                os._exit(exc.code)
-            except BaseException as exc:  # noqa: BLE001 - report anything, never a traceback
-                report(sock, "SandboxError", f"container setup: {exc}", 125)
-                os._exit(125)
+                except BaseException as exc:  # noqa: BLE001 - report, never a traceback
+                    os.write(2, f"sandbox: container payload: {exc}\n".encode())
+                    os._exit(125)
         if slave >= 0:
             os.close(slave)
         sock.close()

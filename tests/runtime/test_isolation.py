@@ -239,7 +239,9 @@ def test_tty_gives_the_command_a_pty(sandbox_env, busybox_image):
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - child
         os.execvpe(sys.executable, [sys.executable, "-m", "sandbox", "run", "--rm", "-t",
-                                    busybox_image, "sh", "-c", "tty; stty size"], sandbox_env)
+                                    busybox_image, "sh", "-c",
+                                    "tty; stty size; awk '{print \"tty_nr=\" $7}' /proc/self/stat"],
+                   sandbox_env)
     out = b""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -254,6 +256,7 @@ def test_tty_gives_the_command_a_pty(sandbox_env, busybox_image):
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, out
     assert b"/dev/pts/0" in out
+    assert b"tty_nr=" in out and b"tty_nr=0\r" not in out  # the pty is its controlling terminal
 
 
 @pytest.mark.parametrize(("command", "status"), [
