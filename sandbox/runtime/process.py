@@ -15,6 +15,7 @@ import time
 
 from sandbox import _sig as signal
 from sandbox import _sock, errors
+from sandbox import _syscalls as sc
 from sandbox.runtime.idmap import IdMapping, MapError, write_maps
 from sandbox.runtime.init import Forwarder, container_main
 from sandbox.spec import ContainerSpec, spec_to_json
@@ -104,6 +105,9 @@ def start(spec: ContainerSpec, mapping: IdMapping,
                              os.environ)
         psock.send(spec_to_json(spec).encode())
     else:
+        # libc's entry points loaded here, not in C: importing _ctypes in a forked child costs
+        # twice as much (each page it touches is a copy-on-write fault), and C is on the path
+        sc.preload()
         pid = os.fork()
         if pid == 0:
             if forwarder is not None:
@@ -284,9 +288,7 @@ def run_callable(spec: ContainerSpec, mapping: IdMapping, payload: Callable[[], 
     unshares at once and touches no lock the parent's threads may hold. On ``timeout`` the whole
     container is killed and the status is 137.
     """
-    from sandbox import _syscalls
-
-    _syscalls.preload()  # once per process: not in every child
+    sc.preload()  # once per process: not in every child
     psock, csock = _sock.socketpair()
     result_r, result_w = os.pipe()
     pid = os.fork()
@@ -355,7 +357,6 @@ class Prepared:
         :func:`run_callable`, the one fork a possibly threaded caller makes: J, the forked
         process, loads nothing and takes no lock the caller's threads may hold."""
         init_pid = self._ready()
-        from sandbox import _syscalls as sc
         from sandbox._nsexec import join_container
         from sandbox.runtime.init import _docker_status, _run_payload
 
@@ -435,8 +436,6 @@ def prepare_callable(spec: ContainerSpec, mapping: IdMapping) -> Prepared:
     if zygote is not None:
         return Prepared(spec, 0, zygote.fork_reporting(
             "prepare", {"spec": spec_to_json(spec), "map_mode": mapping.mode}))
-    from sandbox import _syscalls as sc
-
     sc.preload()
     r, w = os.pipe()
     helper = os.fork()
@@ -454,7 +453,6 @@ def prepare_helper(spec: ContainerSpec, mapping: IdMapping, w: int) -> NoReturn:
     """H of :func:`prepare_callable`: start C (whose PID 1 then holds the container), write
     ``R<G's pid> <C's pid>`` or ``E<error>`` on ``w``, wait for C; ``w`` closes when H ends,
     once the container is gone."""
-    from sandbox import _syscalls as sc
     from sandbox.runtime.init import container_main
 
     code = 1
