@@ -152,7 +152,8 @@ class ImageStore:
                      config=config, layers=tuple(manifest.get("layers", [])),
                      repo_digests=repo_digests)
 
-    def list(self) -> builtins.list[Image]:
+    def _by_manifest(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """manifest digest → (names, repo digests), from ``index.json`` alone."""
         by_manifest: dict[str, tuple[builtins.list[str], builtins.list[str]]] = {}
         for entry in self._entries():
             names, repo_digests = by_manifest.setdefault(entry["digest"], ([], []))
@@ -161,12 +162,21 @@ class ImageStore:
                 names.append(name)
             if repo_digest and repo_digest not in repo_digests:
                 repo_digests.append(repo_digest)
+        return {d: (tuple(n), tuple(r)) for d, (n, r) in by_manifest.items()}
+
+    def _try_load(self, digest: str, names: tuple[str, ...],
+                  repo_digests: tuple[str, ...]) -> Image | None:
+        try:
+            return self._load(digest, names, repo_digests)
+        except (StoreError, ValueError, KeyError, TypeError):
+            return None  # a broken entry is no image
+
+    def list(self) -> builtins.list[Image]:
         images = []
-        for digest, (names, repo_digests) in by_manifest.items():
-            try:
-                images.append(self._load(digest, tuple(names), tuple(repo_digests)))
-            except (StoreError, ValueError, KeyError, TypeError):
-                continue
+        for digest, (names, repo_digests) in self._by_manifest().items():
+            img = self._try_load(digest, names, repo_digests)
+            if img is not None:
+                images.append(img)
         return images
 
     def find(self, ref: str) -> Image | None:
@@ -178,34 +188,37 @@ class ImageStore:
 
     def get(self, ref: str) -> Image:
         """An image by name (normalised as Docker does), ``name@digest``, full id, or unique id
-        prefix."""
+        prefix. Names come first, as in Docker, and are found in ``index.json`` alone: only the
+        image found is read, however many the store holds."""
         if ref == HOST_IMAGE:
             return _host_image()
-        images = self.list()
-        hexref = ref[7:] if ref.startswith("sha256:") else ref
-        if hexref and len(hexref) <= 64 and all(c in "0123456789abcdef" for c in hexref):
-            matches = {img.id: img for img in images if img.id[7:].startswith(hexref)}
-            if len(matches) == 1:
-                return next(iter(matches.values()))
-            if len(matches) > 1:
-                raise SandboxError(f"image id prefix {ref} is ambiguous",
-                                   hint="give more characters")
         from sandbox.reference import parse_reference
 
+        hexref = ref[7:] if ref.startswith("sha256:") else ref
         try:
             parsed = parse_reference(ref)
         except SandboxError:
             if ":" in hexref or len(hexref) > 64:
                 raise
-            raise ImageNotFound(f"unable to find image '{ref}' locally") from None
-        for img in images:
-            if parsed.digest:
-                if f"{parsed.name}@{parsed.digest}" in img.repo_digests or (
-                        img.manifest_digest == parsed.digest
-                        and any(n.startswith(parsed.name + ":") for n in img.names)):
+            parsed = None
+        if parsed is not None:
+            for digest, (names, repo_digests) in self._by_manifest().items():
+                if parsed.digest:
+                    found = f"{parsed.name}@{parsed.digest}" in repo_digests or (
+                        digest == parsed.digest
+                        and any(n.startswith(parsed.name + ":") for n in names))
+                else:
+                    found = str(parsed) in names
+                img = self._try_load(digest, names, repo_digests) if found else None
+                if img is not None:
                     return img
-            elif str(parsed) in img.names:
-                return img
+        if hexref and len(hexref) <= 64 and all(c in "0123456789abcdef" for c in hexref):
+            matches = {img.id: img for img in self.list() if img.id[7:].startswith(hexref)}
+            if len(matches) == 1:
+                return next(iter(matches.values()))
+            if len(matches) > 1:
+                raise SandboxError(f"image id prefix {ref} is ambiguous",
+                                   hint="give more characters")
         raise ImageNotFound(f"unable to find image '{ref}' locally",
                             hint=f"pull it with `sandbox pull {ref}` or import it")
 

@@ -407,3 +407,38 @@ def test_an_unknown_digest_algorithm_is_one_clear_line(images: ImageStore) -> No
     with pytest.raises(StoreError, match="unsupported digest algorithm 'md5'") as info:
         images.store.blob_path("md5:" + "0" * 32)
     assert "sha256 and sha512" in info.value.one_line()
+
+
+def _stored(images: ImageStore, files: dict[str, bytes], name: str) -> Any:
+    img = make_image([files])
+    for data in img.blobs.values():
+        if data is not img.manifest:
+            images.store.put_blob(data)
+    return images.add(img.manifest, [name])
+
+
+def test_get_by_name_reads_only_the_image_named(images: ImageStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    wanted = _stored(images, {"a": b"1"}, "wanted:1")
+    for i in range(5):
+        _stored(images, {"b": str(i).encode()}, f"other{i}:1")
+    loaded: list[str] = []
+    real = ImageStore._load
+
+    def counting(self: ImageStore, digest: str, *a: Any) -> Any:
+        loaded.append(digest)
+        return real(self, digest, *a)
+
+    monkeypatch.setattr(ImageStore, "_load", counting)
+    assert images.get("wanted:1").id == wanted.id
+    assert loaded == [wanted.manifest_digest]
+
+
+def test_a_name_wins_over_an_id_prefix_as_in_docker(images: ImageStore) -> None:
+    first = _stored(images, {"a": b"1"}, "x:1")
+    prefix = first.id[7:11]
+    named = _stored(images, {"b": b"2"}, f"{prefix}:latest")
+    assert images.get(prefix).id == named.id          # the name
+    assert images.get(first.id[7:19]).id == first.id  # an id prefix no name has
+    with pytest.raises(ImageNotFound):
+        images.get("nosuchimage")
