@@ -437,8 +437,9 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
 
 
 def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
-               result_fd: int = -1) -> NoReturn:
-    """G: PID 1 of the container."""
+               result_fd: int = -1, done_fd: int = -1) -> NoReturn:
+    """G: PID 1 of the container. ``done_fd``: where the command's status goes the moment it
+    has exited (C then cleans up while this process's exit tears the namespaces down)."""
     code = 125
     try:
         sc.set_pdeathsig(signal.SIGKILL)
@@ -470,6 +471,12 @@ def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None 
         sock.close()
         forwarder.set_target(child)
         code = _reap_until(child)
+        if done_fd >= 0:
+            try:
+                os.kill(-1, signal.SIGKILL)  # the rest of the container, before C cleans up
+            except OSError:
+                pass
+            os.write(done_fd, code.to_bytes(2, "little"))
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
         code = exc.code
@@ -513,7 +520,7 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
     """
     code = 125
     parent = os.getppid()
-    fuse_pid = 0
+    fuse_pid = gpid = 0
     try:
         sc.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent:
@@ -536,9 +543,13 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
         sc.unshare(flags)
         forwarder = Forwarder()
         forwarder.on_parent_death = signal.SIGKILL  # our caller died: take the container down
-        gpid = _start_init(spec, sock, payload, result_fd, forwarder)
+        # With a layer to remove (and no fuse server still serving it), the removal starts as
+        # soon as the command has exited, while G's exit tears its namespaces down.
+        early = spec.remove and not fuse_pid
+        done_r, done_w = os.pipe2(os.O_CLOEXEC) if early else (-1, -1)
+        gpid = _start_init(spec, sock, payload, result_fd, forwarder, done_r, done_w)
         forwarder.set_target(gpid)
-        code = _wait_init(gpid)
+        code = _wait_init(gpid, done_r)
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
         code = exc.code
@@ -554,6 +565,8 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
             except OSError:
                 pass
         _cleanup(spec)
+        if gpid:
+            _wait_init(gpid)  # reaped after the cleanup when G reported first
     finally:
         os._exit(code)  # a forked copy of the caller: never return into its code
 
@@ -608,19 +621,29 @@ def _stop_fuse(spec: ContainerSpec, pid: int) -> None:
 
 
 def _start_init(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None,
-                result_fd: int, forwarder: Forwarder) -> int:
+                result_fd: int, forwarder: Forwarder, done_r: int, done_w: int) -> int:
     gpid = os.fork()
     if gpid == 0:
         forwarder.restore()
-        _init_main(spec, sock, payload, result_fd)
-    if result_fd >= 0:
-        os.close(result_fd)
+        if done_r >= 0:
+            os.close(done_r)
+        _init_main(spec, sock, payload, result_fd, done_w)
+    for fd in (result_fd, done_w):
+        if fd >= 0:
+            os.close(fd)
     _send(sock, b"G" + str(gpid).encode())
     sock.close()
     return gpid
 
 
-def _wait_init(gpid: int) -> int:
+def _wait_init(gpid: int, done_fd: int = -1) -> int:
+    """G's status: from ``done_fd`` when G writes it there before exiting (G is then left to
+    be reaped later), else when G is reaped."""
+    if done_fd >= 0:
+        data = os.read(done_fd, 2)
+        os.close(done_fd)
+        if len(data) == 2:
+            return int.from_bytes(data, "little")
     while True:
         try:
             pid, status = os.waitpid(gpid, 0)
