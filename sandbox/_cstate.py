@@ -13,7 +13,7 @@ import os
 import time
 
 from sandbox import _json as json
-from sandbox._flock import FileLock
+from sandbox.store import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ Every write goes to ``tmp/`` first and is renamed into place; processes coordina
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import time
 
 from sandbox import _json as json
-from sandbox._flock import FileLock
 from sandbox.errors import DigestMismatch, StoreError
 
 TYPE_CHECKING = False
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 
-__all__ = ["Store", "default_root", "rm_rf", "disk_usage", "unlink_missing_ok", "STORE_VERSION",
-           "INIT_LAYER_DIRS", "INIT_LAYER_FILES"]
+__all__ = ["Store", "FileLock", "default_root", "rm_rf", "disk_usage", "unlink_missing_ok",
+           "STORE_VERSION", "INIT_LAYER_DIRS", "INIT_LAYER_FILES"]
 
 STORE_VERSION = "1"
 _CHUNK = 1 << 20
@@ -155,6 +155,38 @@ def _on_rm_error(func: Any, path: str, exc: Any) -> None:
             pass
     elif name in ("open", "scandir", "listdir", "lstat"):
         _rmtree(path)
+
+
+class FileLock:
+    """An ``flock`` held for a ``with`` block (a class: ``contextlib`` would be an import of
+    every ``sandbox run``, for the two locks it takes).
+
+    ``with FileLock(path):`` creates ``path`` if needed (mode 0600), blocks until the lock
+    is ours, and lets it go explicitly on exit: a forked copy of the descriptor must not keep
+    it."""
+
+    __slots__ = ("path", "shared", "_fd")
+
+    def __init__(self, path: str, *, shared: bool = False) -> None:
+        self.path = path
+        self.shared = shared
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *_exc: object) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def unlink_missing_ok(path: str) -> None:

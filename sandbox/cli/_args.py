@@ -12,7 +12,6 @@ argparse with ``re`` and ``gettext`` costs several milliseconds of a start-up me
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 from sandbox.errors import UsageError
 
@@ -24,7 +23,24 @@ if TYPE_CHECKING:
 __all__ = ["Parser", "parse", "REMAINDER", "Namespace"]
 
 REMAINDER = "..."  # argparse.REMAINDER's value, so either constant works
-Namespace = SimpleNamespace
+
+
+class Namespace:
+    """The parsed flags as attributes (``argparse.Namespace``): a class of its own, where
+    ``types.SimpleNamespace`` would be an import of every command."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...  # any flag, as SimpleNamespace's stub
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Namespace) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"Namespace({inner})"
 
 
 class _Arg:
@@ -179,7 +195,7 @@ class Parser:
             self._apply(ns, arg, None, flag)
             i += 1
 
-    def parse_args(self, argv: Sequence[str] | None = None) -> SimpleNamespace:
+    def parse_args(self, argv: Sequence[str] | None = None) -> Namespace:
         rest = list(sys.argv[1:] if argv is None else argv)
         ns: dict[str, Any] = {a.dest: a.default for a in [*self._ordered, *self._positionals]}
         positionals: list[str] = []
@@ -214,7 +230,7 @@ class Parser:
         for arg in self._ordered:
             if arg.required and ns[arg.dest] in (None, []):
                 self.error(f"required flag {arg.flags[-1]} not set")
-        return SimpleNamespace(**ns)
+        return Namespace(**ns)
 
     def _remainder_index(self) -> int | None:
         count = 0
@@ -257,5 +273,5 @@ class Parser:
                        + " ".join(values))
 
 
-def parse(parser: Parser, argv: list[str]) -> SimpleNamespace:
+def parse(parser: Parser, argv: list[str]) -> Namespace:
     return parser.parse_args(argv)
