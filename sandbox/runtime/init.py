@@ -124,8 +124,41 @@ def report(sock: _sock.Socket, kind: str, message: str, code: int) -> None:
 
 # -- plan execution ---------------------------------------------------------------------------
 
-def _target(op: MountOp, root: str) -> str:
-    return resolve_in_root(root, op.target) if op.in_root else op.target
+class _InRoot:
+    """``resolve_in_root`` for one plan's targets, remembering the directories resolved: most
+    targets share a parent (``/dev/*``, ``/proc/*``), so each step reads one link, not one per
+    component. A step that mounts or makes something at a path forgets what lies at or below
+    it (a mount hides what was resolved there)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.dirs: dict[str, str] = {}
+
+    def path(self, op: MountOp, *, follow_last: bool = True) -> str:
+        if not op.in_root:
+            return op.target
+        parent, _, name = op.target.rpartition("/")
+        if name in ("", ".", ".."):
+            return resolve_in_root(self.root, op.target, follow_last=follow_last)
+        base = self.dirs.get(parent)
+        if base is None:
+            base = self.dirs[parent] = resolve_in_root(self.root, parent or "/")
+        host = os.path.join(base, name)
+        if follow_last:
+            try:
+                os.readlink(host)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
+                    return host
+                raise
+            return resolve_in_root(self.root, op.target)  # the last component is a link
+        return host
+
+    def changed(self, op: MountOp) -> None:
+        if op.in_root and self.dirs:
+            below = op.target.rstrip("/") + "/"
+            for key in [k for k in self.dirs if k == op.target or k.startswith(below)]:
+                del self.dirs[key]
 
 
 def _current_flags(path: str) -> int:
@@ -170,53 +203,53 @@ def _pivot_root(root: str) -> None:
     os.chdir("/")
 
 
-def _do(op: MountOp, root: str) -> None:
+def _do(op: MountOp, paths: _InRoot) -> None:
     kind = op.kind
-    if kind == "lo_up":
-        sc.loopback_up()
-    elif kind == "rslave":
-        sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
-    elif kind == "mount":
-        target = _target(op, root)
+    if kind == "mount":
+        target = paths.path(op)
         os.makedirs(target, exist_ok=True)
         sc.mount(op.source, target, op.fstype, op.flags, op.data or None)
     elif kind == "bind":
-        _bind(op, _target(op, root))
-    elif kind == "remount_ro":
-        _remount_ro(_target(op, root) if op.target != "/" else "/")
+        _bind(op, paths.path(op))
+    elif kind == "mask":
+        _mask(paths.path(op))
+    elif kind == "symlink":
+        target = paths.path(op, follow_last=False)
+        if not os.path.lexists(target):
+            os.symlink(op.source, target)
+    elif kind == "mkdir":
+        os.makedirs(paths.path(op), exist_ok=True)
     elif kind == "readonly":
-        target = _target(op, root)
+        target = paths.path(op)
         if not os.path.exists(target):
             return
         sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
         _remount_ro(target)
-    elif kind == "mkdir":
-        os.makedirs(_target(op, root), exist_ok=True)
+    elif kind == "remount_ro":
+        _remount_ro(paths.path(op) if op.target != "/" else "/")
+    elif kind == "lo_up":
+        sc.loopback_up()
+    elif kind == "rslave":
+        sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
     elif kind == "rmdir":
-        os.rmdir(_target(op, root))
+        os.rmdir(paths.path(op))
     elif kind == "unlink":
-        os.unlink(_target(op, root))
-    elif kind == "touch":
-        _touch(_target(op, root))
-    elif kind == "symlink":
-        target = resolve_in_root(root, op.target, follow_last=False) if op.in_root else op.target
-        if not os.path.lexists(target):
-            os.symlink(op.source, target)
-    elif kind == "mask":
-        _mask(_target(op, root))
+        os.unlink(paths.path(op))
     elif kind == "pivot_root":
         _pivot_root(op.target)
     elif kind == "hostname":
         _sock.sethostname(op.target)
     else:
         raise ValueError(f"unknown setup step {kind!r}")
+    paths.changed(op)
 
 
 def execute_plan(ops: list[MountOp], root: str) -> None:
     """Run each step; an optional one that fails with ENOENT/EPERM/EACCES is skipped."""
+    paths = _InRoot(root)
     for op in ops:
         try:
-            _do(op, root)
+            _do(op, paths)
         except OSError as exc:
             if op.optional and exc.errno in (errno.ENOENT, errno.EPERM, errno.EACCES,
                                              errno.EINVAL, errno.ENOTDIR, errno.ENOTEMPTY):

@@ -43,9 +43,10 @@ _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 class MountOp:
     """One setup step.
 
-    ``kind`` is one of: ``lo_up``, ``rslave``, ``mount``, ``bind`` (``flags`` may add ``MS_REC``),
+    ``kind`` is one of: ``lo_up``, ``rslave``, ``mount``, ``bind`` (``flags`` may add ``MS_REC``;
+    it makes its target, a file or a directory as the source is),
     ``remount_ro`` (an existing mount point), ``readonly`` (bind onto itself, then
-    ``remount_ro``), ``mkdir``, ``rmdir``, ``unlink``, ``touch``, ``symlink``, ``mask``,
+    ``remount_ro``), ``mkdir``, ``rmdir``, ``unlink``, ``symlink``, ``mask``,
     ``pivot_root``, ``hostname``.
     ``in_root`` targets are container paths resolved inside the rootfs with ``resolve_in_root``
     at execution time; other targets are host paths. ``optional`` steps are
@@ -123,7 +124,6 @@ def _dev_ops(spec: ContainerSpec) -> list[MountOp]:
                    flags=sc.MS_NOSUID | sc.MS_STRICTATIME, data="mode=755,size=65536k",
                    in_root=True)]
     for dev in DEVICES:
-        ops.append(MountOp("touch", f"/dev/{dev}", in_root=True))
         ops.append(MountOp("bind", f"/dev/{dev}", source=f"/dev/{dev}", in_root=True,
                            optional=dev == "tty"))
     pts_data = "newinstance,ptmxmode=0666,mode=0620"
@@ -172,9 +172,8 @@ def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
 def _etc_ops(spec: ContainerSpec) -> list[MountOp]:
     ops = [MountOp("mkdir", "/etc", in_root=True)]
     for name in ("hosts", "hostname", "resolv.conf"):
-        ops += [MountOp("touch", f"/etc/{name}", in_root=True),
-                MountOp("bind", f"/etc/{name}", source=f"{spec.container_dir}/{name}",
-                        in_root=True)]
+        ops.append(MountOp("bind", f"/etc/{name}", source=f"{spec.container_dir}/{name}",
+                           in_root=True))
     return ops
 
 
