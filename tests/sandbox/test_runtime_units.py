@@ -198,6 +198,31 @@ def test_resolve_in_root_keeps_symlinks_inside(tmp_path: Path):
         resolve_in_root(str(root), "/loop/x")
 
 
+def test_plan_targets_resolve_as_resolve_in_root_does_across_steps(tmp_path: Path):
+    """The executor's cache of resolved directories gives what ``resolve_in_root`` would,
+    links in a hostile image included, and forgets what a step made or mounted over."""
+    from sandbox.runtime.init import _InRoot
+    from sandbox.runtime.plan import MountOp
+
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "etc").symlink_to("/real")                # absolute: restarts at the root
+    (root / "real" / "hosts").symlink_to("../../../../outside")
+    paths = _InRoot(str(root))
+    for target in ("/etc/hosts", "/etc/hostname", "/etc/..", "/etc/../etc/x", "/real/hosts"):
+        op = MountOp("bind", target, in_root=True)
+        assert paths.path(op) == resolve_in_root(str(root), target)
+        assert paths.path(op, follow_last=False) == resolve_in_root(str(root), target,
+                                                                   follow_last=False)
+        assert (paths.path(op) + "/").startswith(str(root) + "/")
+    # a step makes /etc a directory of its own: what was resolved through the link is gone
+    (root / "etc").unlink()
+    (root / "etc").mkdir()
+    paths.changed(MountOp("mkdir", "/etc", in_root=True))
+    assert paths.path(MountOp("bind", "/etc/hosts", in_root=True)) == str(root / "etc" / "hosts")
+    assert paths.path(MountOp("bind", "/x", source="/host")) == "/x"  # not in_root: as given
+
+
 # -- store ---------------------------------------------------------------------------------
 
 def test_store_blobs_are_verified_while_streaming(tmp_path: Path):
