@@ -378,7 +378,8 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
         _apply_ulimits(hc["ulimits"])
     cgroup = _container_cgroup(spec.id, hc)
     try:
-        started = rt_start(spec, engine.mapping, cgroup=cgroup)
+        # inline: this process holds the namespaces (and removes an --rm container itself)
+        started = rt_start(spec, engine.mapping, cgroup=cgroup, inline=True)
     except BaseException:
         _drop_cgroup(cgroup)
         raise
@@ -396,8 +397,12 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
                 "exit_code": 0, "foreground": True, "cgroup": cgroup})
         except OSError:
             pass
+    def remove_now(_code: int) -> None:  # the command has exited; G is still tearing down
+        if spec.remove and os.path.exists(cdir):
+            _ctl.remove_container_dir(engine, spec.id)
+
     try:
-        code = rt_wait(started, proxy_tty=spec.tty)
+        code = rt_wait(started, proxy_tty=spec.tty, on_exit=remove_now)
     finally:
         _drop_cgroup(cgroup)
     if started.error is not None:
@@ -405,7 +410,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     if spec.remove:
         if os.path.exists(cdir):
             _ctl.remove_container_dir(engine, spec.id)
-        engine.release_name(spec.id, spec.name)  # C removed the directory itself
+        engine.release_name(spec.id, spec.name)  # C (or remove_now) removed the directory
         _ctl.drop_volumes(engine, hc, anonymous_only=True)
     else:
         try:

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
     Payload = Callable[[], bytes]
 
-__all__ = ["container_main", "execute_plan", "FORWARDED_SIGNALS", "main"]
+__all__ = ["container_main", "init_main", "execute_plan", "namespace_flags",
+           "FORWARDED_SIGNALS", "main"]
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -469,14 +470,25 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
     os._exit(0)
 
 
-def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
-               result_fd: int = -1, done_fd: int = -1) -> NoReturn:
+def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
+               result_fd: int = -1, done_fd: int = -1, namespaces: int = 0,
+               cgroup_wait: bool = False) -> NoReturn:
     """G: PID 1 of the container. ``done_fd``: where the command's status goes the moment it
-    has exited (C then cleans up while this process's exit tears the namespaces down)."""
+    has exited (the cleanup then runs while this process's exit tears the namespaces down).
+
+    ``namespaces``: those G makes itself, when its parent made only the user and PID ones
+    (``sandbox.runtime.process.start`` with ``inline``); G then also starts the container's
+    session, after being moved into its cgroup when ``cgroup_wait``.
+    """
     code = 125
     try:
         sc.set_pdeathsig(signal.SIGKILL)
-        sc.unshare(sc.CLONE_NEWNS)
+        if namespaces:
+            os.setsid()
+            if cgroup_wait:
+                _recv_exact(sock, b"C", "the caller could not move the container into its "
+                                        "cgroup")
+        sc.unshare(sc.CLONE_NEWNS | namespaces)
         execute_plan(build_plan(spec), spec.rootfs.mountpoint)
         slave, pty = -1, ""
         if spec.tty:
@@ -485,7 +497,7 @@ def _init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None 
             _sock.send_fds(sock, [b"T"], [master])
             os.close(master)
         if spec.network.startswith(("slirp4netns", "pasta")):
-            _recv_exact(sock, b"N")  # the caller's slirp4netns or pasta has configured it
+            _recv_exact(sock, b"N", "the container's network could not be set up")
         forwarder = Forwarder()
         if payload is None:
             child = spawn_command(spec, pty)  # this process becomes the command's user too
@@ -538,11 +550,18 @@ def _docker_status(status: int) -> int:
 
 # -- C: the namespace holder ------------------------------------------------------------------
 
-def _recv_exact(sock: _sock.Socket, want: bytes) -> None:
-    data = sock.recv(64)
-    if data != want:
-        raise SetupFailed("UserNamespaceUnavailable",
-                          "the caller could not write the uid/gid maps", 125)
+def namespace_flags(spec: ContainerSpec) -> int:
+    """The namespaces a container has beside its user, PID and mount ones."""
+    flags = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    return flags if spec.network == "host" else flags | sc.CLONE_NEWNET
+
+
+def _recv_exact(sock: _sock.Socket, want: bytes, failure: str,
+                kind: str = "RuntimeSetupError") -> None:
+    """Wait for the caller's go-ahead ``want``; anything else (an abort, its death) is
+    ``failure``."""
+    if sock.recv(64) != want:
+        raise SetupFailed(kind, failure, 125)
 
 
 def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
@@ -565,15 +584,13 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
             raise SetupFailed("UserNamespaceUnavailable",
                               userns_failure_message(exc.errno or 0)) from None
         _send(sock, b"U")
-        _recv_exact(sock, b"M")
+        _recv_exact(sock, b"M", "the caller could not write the uid/gid maps",
+                    "UserNamespaceUnavailable")
         if spec.rootfs.scratch:
             _mount_scratch(spec.rootfs)
-        flags = sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-        if spec.network != "host":
-            flags |= sc.CLONE_NEWNET
         if spec.rootfs.driver == "fuse":
             fuse_pid = _start_fuse(spec)
-        sc.unshare(flags)
+        sc.unshare(sc.CLONE_NEWPID | namespace_flags(spec))
         forwarder = Forwarder()
         forwarder.on_parent_death = signal.SIGKILL  # our caller died: take the container down
         # With a layer to remove (and no fuse server still serving it), the removal starts as
@@ -660,7 +677,7 @@ def _start_init(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None
         forwarder.restore()
         if done_r >= 0:
             os.close(done_r)
-        _init_main(spec, sock, payload, result_fd, done_w)
+        init_main(spec, sock, payload, result_fd, done_w)
     for fd in (result_fd, done_w):
         if fd >= 0:
             os.close(fd)

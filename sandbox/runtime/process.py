@@ -17,7 +17,13 @@ from sandbox import _sig as signal
 from sandbox import _sock, errors
 from sandbox import _syscalls as sc
 from sandbox.runtime.idmap import IdMapping, MapError, write_maps
-from sandbox.runtime.init import Forwarder, container_main
+from sandbox.runtime.init import (
+    Forwarder,
+    container_main,
+    init_main,
+    namespace_flags,
+)
+from sandbox.runtime.userns import enter_user_namespace, reap_maker
 from sandbox.spec import ContainerSpec, spec_to_json
 
 TYPE_CHECKING = False
@@ -34,10 +40,11 @@ __all__ = ["Prepared", "Started", "start", "wait", "run", "run_callable", "prepa
 class Started:
     """A container whose command has been exec'd (or whose setup failed)."""
 
-    __slots__ = ("pid", "init_pid", "master_fd", "error", "forwarder", "network")
+    __slots__ = ("pid", "init_pid", "master_fd", "error", "forwarder", "network", "done_fd")
 
     def __init__(self, pid: int, forwarder: Forwarder | None = None) -> None:
-        self.pid = pid            # C, our child
+        self.pid = pid            # C, our child (G itself when started inline)
+        self.done_fd = -1         # inline: G writes the command's status here before exiting
         self.init_pid = 0         # G, the container's PID 1, as the host sees it
         self.master_fd = -1       # the pty master with -t
         self.error: errors.SandboxError | None = None
@@ -84,12 +91,18 @@ def _error_from(payload: bytes) -> errors.SandboxError:
         return errors.SandboxError("container setup failed")
 
 
-def start(spec: ContainerSpec, mapping: IdMapping,
-          forwarder: Forwarder | None = None, cgroup: str = "") -> Started:
+def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None = None,
+          cgroup: str = "", *, inline: bool = False) -> Started:
     """Start the container; returns once its command is exec'd or its setup has failed.
 
     ``cgroup``: a cgroup v2 directory (``sandbox._cgroups.create``) the container's first
     process is moved into before it unshares its cgroup namespace.
+
+    ``inline``: this process becomes the namespace holder (C) itself, and stays in the
+    container's user namespace, where it can remove the container's files: for the CLI, which
+    owns a foreground container until it ends. One fork fewer, and C's exit is off the path.
+    Where C must be a process of its own (a fuse server or an in-memory layer to hold, a
+    network helper to start from outside, threads), C is forked or spawned as without it.
 
     Our signals go to the container from the moment it exists: through ``forwarder`` if the
     caller installed one, else through one installed here (main thread only), which ``wait``
@@ -97,6 +110,9 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     """
     if forwarder is None and _in_main_thread():
         forwarder = Forwarder()
+    if (inline and can_fork() and spec.network in ("none", "host")
+            and spec.rootfs.driver != "fuse" and not spec.rootfs.scratch):
+        return _start_inline(spec, mapping, forwarder, cgroup)
     psock, csock = _sock.socketpair()
     if _must_spawn():
         _sock.set_inheritable(csock, True)
@@ -120,6 +136,54 @@ def start(spec: ContainerSpec, mapping: IdMapping,
     started = Started(pid, forwarder)
     try:
         _handshake(psock, started, mapping, spec.network, cgroup)
+    finally:
+        psock.close()
+    return started
+
+
+def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None,
+                  cgroup: str) -> Started:
+    """``start(inline=True)``: enter the user namespace, make the PID one, fork G."""
+    sc.preload()
+    try:
+        enter_user_namespace(mapping)
+    except errors.SandboxError as exc:
+        started = Started(0, forwarder)
+        started.error = exc
+        return started
+    sc.unshare(sc.CLONE_NEWPID)  # for our children: G is its PID 1
+    psock, csock = _sock.socketpair()
+    done_r, done_w = os.pipe2(os.O_CLOEXEC) if spec.remove else (-1, -1)
+    pid = os.fork()
+    if pid == 0:
+        if forwarder is not None:
+            forwarder.restore()
+        psock.close()
+        if done_r >= 0:
+            os.close(done_r)
+        init_main(spec, csock, done_fd=done_w, namespaces=namespace_flags(spec),
+                  cgroup_wait=bool(cgroup))
+    csock.close()
+    if done_w >= 0:
+        os.close(done_w)
+    if forwarder is not None:
+        forwarder.set_target(pid)
+    started = Started(pid, forwarder)
+    started.init_pid = pid
+    started.done_fd = done_r
+    try:
+        if cgroup:
+            from sandbox._cgroups import enter
+
+            try:
+                enter(cgroup, pid)
+            except OSError as exc:
+                started.error = errors.SandboxError(
+                    f"cannot move the container into its cgroup {cgroup}: {exc.strerror}")
+                _kill_quietly(pid)
+                return started
+            psock.send(b"C")
+        _handshake(psock, started, mapping, spec.network)
     finally:
         psock.close()
     return started
@@ -192,10 +256,16 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def wait(started: Started, *, proxy_tty: bool = False,
-         forwarder: Forwarder | None = None) -> int:
-    """Wait for C, forwarding our signals to the container; returns its exit status."""
+def wait(started: Started, *, proxy_tty: bool = False, forwarder: Forwarder | None = None,
+         on_exit: Callable[[int], None] | None = None) -> int:
+    """Wait for C, forwarding our signals to the container; returns its exit status.
+
+    ``on_exit``, for a container started inline, is called with the status as soon as the
+    command has exited, before G is reaped: G's exit (tearing the namespaces down) and the
+    caller's cleanup then overlap."""
     pid = started.pid
+    if not pid:
+        return 125  # never started: started.error says why
     forwarder = forwarder or started.forwarder
     if forwarder is None and _in_main_thread():
         forwarder = Forwarder()
@@ -203,6 +273,12 @@ def wait(started: Started, *, proxy_tty: bool = False,
     try:
         if started.master_fd >= 0 and proxy_tty:
             _proxy_pty(started.master_fd)
+        if started.done_fd >= 0:
+            done, started.done_fd = started.done_fd, -1
+            data = os.read(done, 2)
+            os.close(done)
+            if len(data) == 2 and on_exit is not None:
+                on_exit(int.from_bytes(data, "little"))
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -213,6 +289,7 @@ def wait(started: Started, *, proxy_tty: bool = False,
             return 128 + os.WTERMSIG(status)
         return os.waitstatus_to_exitcode(status)
     finally:
+        reap_maker()
         stop_network(started)
         if forwarder is not None:
             forwarder.restore()

@@ -9,20 +9,25 @@ subordinate range can be deleted. Single-threaded callers fork; others spawn a f
 from __future__ import annotations
 
 import os
-import pickle
 import sys
-from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
+# pickle is imported where it is used: ``sandbox run`` imports this module on its way to the
+# container and never pickles
 from sandbox import _syscalls as sc
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
-from sandbox.runtime.idmap import IdMapping, detect_mapping, write_maps
+from sandbox.runtime.idmap import IdMapping, MapError, detect_mapping, write_maps
 
-__all__ = ["run_in_userns", "chown_tree"]
+__all__ = ["run_in_userns", "enter_user_namespace", "reap_maker", "chown_tree"]
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is an import of its own: not on the way to a container
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+_INSIDE: IdMapping | None = None  # the maps of the user namespace this process has entered
+_MAKER = 0  # the child that made it, until reaped
 
 
 def _read_all(fd: int) -> bytes:
@@ -58,6 +63,8 @@ def _join(pid: int) -> None:
 
 def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 go_r: int, out_w: int, ready_w: int, join_pid: int) -> None:
+    import pickle
+
     code = 0
     try:
         if join_pid:
@@ -88,6 +95,98 @@ def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     os._exit(code)
 
 
+def enter_user_namespace(mapping: IdMapping) -> None:
+    """Move this process into a new user namespace with the container's maps, or raise
+    ``UserNamespaceUnavailable`` and stay where it is.
+
+    Single-uid mode: unshare and write our own maps, as ``unshare -r`` does. Subuid mode: the
+    map tools must act from outside the namespace, and we must stay outside should they fail
+    (in a namespace without maps our own files are no longer ours: the container directory could
+    not be removed). A forked child makes the namespace, we map it and join it, and the child
+    exits; ``reap_maker`` collects it once the container is done. Single-uid mode takes that
+    way too where AppArmor restricts unprivileged namespaces (own maps are refused there).
+
+    Afterwards ``run_in_userns`` calls its function here: this process is root of a namespace
+    with the same maps already (and a fork would put the child in the container's PID
+    namespace).
+    """
+    global _INSIDE, _MAKER
+    if mapping.mode != "subuid" and not _apparmor_restricts():
+        try:
+            sc.unshare(sc.CLONE_NEWUSER)
+        except OSError as exc:
+            from sandbox.runtime.init import userns_failure_message
+
+            raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+        try:
+            write_maps(os.getpid(), mapping.mode, mapping.uid_map, mapping.gid_map)
+        except MapError as exc:  # not seen outside AppArmor's restriction, checked above
+            raise UserNamespaceUnavailable(
+                f"cannot write the uid/gid maps: {exc.strerror}") from None
+        _INSIDE = mapping
+        return
+    from sandbox import _sock
+
+    psock, csock = _sock.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        psock.close()
+        try:
+            sc.unshare(sc.CLONE_NEWUSER)
+            csock.send(b"U")
+        except OSError as exc:
+            csock.send(b"E%d" % (exc.errno or 0))
+        csock.recv(1)  # until the caller has joined or given up
+        os._exit(0)
+    csock.close()
+    _MAKER = pid
+    try:
+        msg = psock.recv(64)
+        if msg != b"U":
+            err = int(msg[1:] or 0) if msg[:1] == b"E" else 0
+            from sandbox.runtime.init import userns_failure_message
+
+            raise UserNamespaceUnavailable(userns_failure_message(err))
+        try:
+            write_maps(pid, mapping.mode, mapping.uid_map, mapping.gid_map,
+                       mapping.newuidmap, mapping.newgidmap)
+        except MapError as exc:
+            raise UserNamespaceUnavailable(
+                f"cannot write the uid/gid maps: {exc.strerror}",
+                hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root") from None
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(fd, sc.CLONE_NEWUSER)
+        finally:
+            os.close(fd)
+        _INSIDE = mapping
+    except BaseException:
+        psock.close()  # the child's recv returns: it exits
+        reap_maker()
+        raise
+    psock.close()  # the child exits now; reap_maker collects it later
+
+
+def reap_maker() -> None:
+    """Collect the child ``enter_user_namespace`` forked, if any (it has exited or is exiting:
+    its exit is not waited for on the way to the container)."""
+    global _MAKER
+    if _MAKER:
+        pid, _MAKER = _MAKER, 0
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _apparmor_restricts() -> bool:
+    try:
+        with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "rb") as f:
+            return f.read().strip() == b"1"
+    except OSError:
+        return False
+
+
 def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None = None,
                   join_pid: int = 0, **kwargs: Any) -> T:
     """Call ``func(*args, **kwargs)`` as root of a fresh user namespace (or, with ``join_pid``,
@@ -95,6 +194,8 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
     exception here. ``func`` and its arguments must be picklable when the caller has
     threads."""
     mapping = mapping or detect_mapping()
+    if _INSIDE is not None and not join_pid and _INSIDE == mapping:
+        return func(*args, **kwargs)  # entered already (``enter_user_namespace``)
     from sandbox.runtime.process import has_threads
 
     if has_threads():
@@ -127,6 +228,8 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
 
 
 def _unpack(payload: bytes) -> Any:
+    import pickle
+
     if not payload:
         raise SandboxError("the user-namespace helper died without a result")
     status, value = pickle.loads(payload)
@@ -137,6 +240,7 @@ def _unpack(payload: bytes) -> Any:
 
 def _spawned(func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
              mapping: IdMapping, join_pid: int) -> T:
+    import pickle
     import subprocess
 
     data = pickle.dumps((func, args, kwargs, mapping.mode, join_pid))
@@ -158,6 +262,8 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
 
 
 def main() -> None:
+    import pickle
+
     func, args, kwargs, mode, join_pid = pickle.loads(sys.stdin.buffer.read())
     mapping = detect_mapping(force_single=mode == "single")
     try:
