@@ -7,6 +7,13 @@ ratios; machines are noisy, so compare ratios, not absolute times.
 
     python bench/bench_run.py [--runs 30] [--store DIR]
 
+"Ours" is the installed ``sandbox`` command beside this interpreter (what a user types), else
+``python -m sandbox``. Run it from a venv made with ``pip install .``: an editable install
+(``pip install -e``) adds its import finder, a few milliseconds, to every start of that venv's
+Python. The store (``--store``, else a fresh one) should sit on a filesystem that has not just
+made and removed many files: ext4 without a journal (CI's virtual machines) scans the inodes
+freed in the last minutes on every new one.
+
 Target (issue 2): median ≤ 3 × bwrap + one ``python3 -c pass``, and ≥ 6× faster than podman.
 """
 
@@ -24,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import imagekit  # noqa: E402
+
+OURS = "sandbox run --rm"
 
 
 def timeit(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
@@ -78,11 +87,14 @@ def main() -> None:
 
     cases: dict[str, tuple[list[str], dict[str, str] | None]] = {
         "python3 -c pass": (["/usr/bin/python3", "-c", "pass"], None),
-        "sandbox run --rm (python -m)": ([*sandbox, "run", "--rm", "bench-busybox", "true"], env),
     }
     if script:
-        cases["sandbox run --rm (console script)"] = (
-            [script, "run", "--rm", "bench-busybox", "true"], env)
+        cases[OURS] = ([script, "run", "--rm", "bench-busybox", "true"], env)
+    cases[OURS if not script else "sandbox run --rm (python -m)"] = (
+        [*sandbox, "run", "--rm", "bench-busybox", "true"], env)
+    if any(name.startswith("__editable__") for path in sys.path if os.path.isdir(path)
+           for name in os.listdir(path)):
+        print("note: this venv has an editable install; its import finder slows every start")
     if shutil.which("bwrap"):
         cases["bwrap"] = (["bwrap", "--unshare-all", "--bind", str(rootfs), "/", "--proc",
                            "/proc", "--dev", "/dev", "/bin/true"], None)
@@ -120,7 +132,7 @@ def main() -> None:
                 settle_podman()
     for name, times in results.items():
         medians[name] = statistics.median(times)
-    ours = medians["sandbox run --rm (python -m)"]
+    ours = medians[OURS]
     print(f"{'case':<36} {'median ms':>10} {'ratio to ours':>14}")
     for name, med in medians.items():
         print(f"{name:<36} {med * 1000:10.1f} {med / ours:14.2f}")

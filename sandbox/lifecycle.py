@@ -231,7 +231,8 @@ def __getattr__(name: str) -> Any:
 
 def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
            host: HostOptions | None = None) -> ContainerSpec:
-    """``docker create``: the spec, the volumes and ``hostconfig.json``; status ``created``."""
+    """``docker create``: the spec, the volumes and ``hostconfig.json``; status ``created``
+    (``_cstate.read_state`` of a container without ``state.json``)."""
     from sandbox._inspect import hostconfig_record
 
     host = host or HostOptions()
@@ -246,8 +247,7 @@ def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
     try:
         cs.write_hostconfig(spec.container_dir, hostconfig_record(img, opts, host, vol_records,
                                                                   cmd))
-        _write_net_files(spec, host)
-        cs.write_state(spec.container_dir, {"status": "created", "created_at": cs.rfc3339()})
+        _write_net_files(spec, host)  # no state.json yet: that is status "created"
     except BaseException:
         _ctl.remove_container_dir(engine, spec.id)
         raise

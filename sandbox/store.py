@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 import time
 
 from sandbox import _json as json
@@ -189,6 +190,28 @@ class FileLock:
             os.close(fd)
 
 
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def _spread_subdirectories(path: str) -> None:
+    """Mark ``path`` a top of directory hierarchies (``chattr +T``): ext4 then spreads its
+    subdirectories over block groups instead of packing them into its own. Each container
+    directory and its layer are made and removed in seconds; packed into one group, the inode
+    allocator there scans ever more recently freed inodes (ext4 without a journal skips those
+    for a minute). Other filesystems refuse the flag, which changes nothing there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, (flags | _FS_TOPDIR_FL).to_bytes(8, sys.byteorder))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def unlink_missing_ok(path: str) -> None:
     """``os.unlink`` that lets a path already gone be."""
     try:
@@ -298,6 +321,7 @@ class Store:
             for sub in ("blobs/sha256", "layers", "containers", "volumes", "tmp", "locks"):
                 os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
             if version is None:
+                _spread_subdirectories(self.path("containers"))
                 self.atomic_write(self.path("oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
                 if not os.path.exists(self.path("index.json")):
                     self.atomic_write(self.path("index.json"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,25 @@ def test_plan_targets_resolve_as_resolve_in_root_does_across_steps(tmp_path: Pat
 
 
 # -- store ---------------------------------------------------------------------------------
+
+def test_a_new_store_spreads_container_directories_where_the_fs_can(tmp_path: Path):
+    import fcntl
+    import sys
+
+    store = Store(tmp_path / "s").ensure()
+    fd = os.open(store.containers_dir(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, 0x80086601, bytes(8))[:4], sys.byteorder)
+    except OSError:
+        pytest.skip("this filesystem has no inode flags")
+    finally:
+        os.close(fd)
+    ext4 = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                          text=True, check=False).stdout.strip() == "ext2/ext3"
+    if not ext4:
+        pytest.skip("the top-directory flag is ext4's")
+    assert flags & 0x00020000  # FS_TOPDIR_FL, chattr +T
+
 
 def test_store_blobs_are_verified_while_streaming(tmp_path: Path):
     store = Store(tmp_path / "s").ensure()
