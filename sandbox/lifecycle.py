@@ -371,17 +371,20 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
     from sandbox.runtime.process import wait as rt_wait
 
     cdir = spec.container_dir
-    hc = cs.read_hostconfig(cdir)
-    if hc.get("ulimits"):
-        from sandbox._monitor import _apply_ulimits
-
-        _apply_ulimits(hc["ulimits"])
-    cgroup = _container_cgroup(spec.id, hc)
+    cgroup = ""
     try:
+        hc = cs.read_hostconfig(cdir)
+        if hc.get("ulimits"):
+            from sandbox._monitor import _apply_ulimits
+
+            _apply_ulimits(hc["ulimits"])
+        cgroup = _container_cgroup(spec.id, hc)
         # inline: this process holds the namespaces (and removes an --rm container itself)
         started = rt_start(spec, engine.mapping, cgroup=cgroup, inline=True)
     except BaseException:
         _drop_cgroup(cgroup)
+        if spec.remove:  # nothing of an --rm container is left behind, whatever failed
+            _ctl.remove_container_dir(engine, spec.id)
         raise
     me = os.getpid()
     if started.error is None:

@@ -147,11 +147,14 @@ def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[I
                                   (os.POSIX_SPAWN_DUP2, devnull, 1)])))
             finally:
                 os.close(devnull)
-        for tool, child in procs:
+        failed = ""
+        for tool, child in procs:  # every tool reaped, the first failure named
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
-            if code != 0:
-                raise MapError(1, f"{os.path.basename(tool)} {pid} failed with exit {code}")
+            if code != 0 and not failed:
+                failed = f"{os.path.basename(tool)} {pid} failed with exit {code}"
+        if failed:
+            raise MapError(1, failed)
         return
     base = f"/proc/{pid}/"
     for name, data in (("setgroups", b"deny"), ("uid_map", _map_text(uid_map)),

@@ -365,3 +365,37 @@ def test_a_failing_newuidmap_is_one_line_and_leaves_nothing(cli, busybox_image, 
     assert ours and ours[0].startswith("sandbox: cannot write the uid/gid maps"), r.stderr
     assert "Traceback" not in r.stderr
     assert set(os.listdir(session_store / "containers")) <= before
+
+
+@pytest.mark.requires_subuid
+def test_entering_a_mapped_user_namespace_leaves_no_child():
+    """``enter_user_namespace`` with subuid ranges: a child makes the namespace, the map tools
+    map it from outside, we join it; once ``reap_maker`` has run, no child is left."""
+    from sandbox.runtime.idmap import detect_mapping
+
+    mapping = detect_mapping()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child: the namespace is ours from here on
+        code = 1
+        try:
+            from sandbox.runtime import userns
+
+            userns.enter_user_namespace(mapping)
+            userns.reap_maker()
+            try:
+                os.waitpid(-1, os.WNOHANG)
+                code = 2  # a child left
+            except ChildProcessError:
+                with open("/proc/self/uid_map") as f:
+                    os.write(w, f.read().encode())
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        maps = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [line.split() for line in maps.splitlines()] == [
+        [str(m.container_id), str(m.host_id), str(m.size)] for m in mapping.uid_map]
