@@ -1,16 +1,23 @@
 """The namespace half of a container: the helper, the plan executor and PID 1.
 
-Process tree of one container (P is the caller: the CLI, or a helper for threaded callers)::
+Process tree of one container (P is the caller: a monitor, the pytest plugin's helpers, or a
+helper for threaded callers)::
 
     P ──fork/spawn──> C  unshare(user) · P writes maps · unshare(pid, uts, ipc, net, cgroup)
-                      │  waits for G, cleans up, exits with G's status
+                      │  waits for G, cleans up (while G exits), exits with G's status
                       └─fork─> G  PID 1: unshare(mount), executes the plan, pivot_root,
-                               │  forwards signals, reaps zombies, exits with W's status
-                               └─fork─> W  drops to the user, caps, no_new_privs, exec
+                               │  becomes the command's user (caps, no_new_privs), forwards
+                               │  signals, reaps zombies, exits with W's status
+                               └─posix_spawn─> W  the command
 
 ``python -m sandbox.runtime.init FD`` runs C in a fresh single-threaded interpreter, with the
 spec JSON and the control socket inherited on fd ``FD`` (runc re-executing itself as
-``runc init``). The CLI, single-threaded, forks and calls ``container_main`` directly.
+``runc init``). A single-threaded caller forks and calls ``container_main`` directly.
+
+The CLI's foreground ``run`` has no C (``process.start(inline=True)``): the CLI enters the user
+namespace itself (``userns.enter_user_namespace``), makes the PID namespace and forks G, which
+makes the others (``init_main(namespaces=...)``); the CLI removes an ``--rm`` container while G
+exits. Only the control socket's G→P messages are used then.
 
 Messages on the control socket (SOCK_SEQPACKET): C→P ``U`` (user ns made, write my maps),
 P→C ``M`` (maps written) or ``X`` (abort), C→P ``G<pid>`` (host pid of PID 1), G→P ``T`` with
