@@ -121,6 +121,14 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.n
+    import importlib.util
+
+    if importlib.util.find_spec("pytest_forked") is None:
+        # without it @pytest.mark.forked is an unknown mark, the "forked" suite runs unforked
+        # and every ratio to it is meaningless
+        print("pytest-forked is not installed here, and it is the reference: "
+              "pip install pytest-forked", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench-pytest-plugin-") as tmpdir:
         tmp = Path(tmpdir)
         store = tmp / "store"
