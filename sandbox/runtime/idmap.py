@@ -133,6 +133,11 @@ def _map_text(maps: tuple[IdMap, ...]) -> bytes:
     return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
 
 
+# The map tools get no environment: nothing in it is theirs to read, and with LANG set they load
+# locale data on every container's start.
+_TOOL_ENV: dict[str, str] = {}
+
+
 def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...],
                newuidmap: str = "newuidmap", newgidmap: str = "newgidmap") -> None:
     """Write the maps of process ``pid`` (which has just unshared its user namespace)."""
@@ -142,7 +147,7 @@ def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[I
             devnull = os.open(os.devnull, os.O_RDWR)
             try:
                 procs.append((tool, os.posix_spawn(
-                    tool, [tool, str(pid), *_map_args(maps)], os.environ,
+                    tool, [tool, str(pid), *_map_args(maps)], _TOOL_ENV,
                     file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
                                   (os.POSIX_SPAWN_DUP2, devnull, 1)])))
             finally:
