@@ -96,13 +96,13 @@ def detect_mapping(*, force_single: bool = False) -> IdMapping:
     user = _user_name(uid)
     sub_u = read_subid_ranges("/etc/subuid", user, uid)
     sub_g = read_subid_ranges("/etc/subgid", user, uid)
-    newuidmap = which("newuidmap")
-    newgidmap = which("newgidmap")
     if not sub_u or not sub_g:
         missing = "/etc/subuid" if not sub_u else "/etc/subgid"
         single.reason = (f"no range for {user} in {missing}: only uid {uid} is mapped "
                          f"(to 0); add a range to /etc/subuid and /etc/subgid for more")
         return single
+    newuidmap = which("newuidmap")
+    newgidmap = which("newgidmap")
     if not newuidmap or not newgidmap:
         single.reason = ("newuidmap/newgidmap not installed (package uidmap): only uid "
                          f"{uid} is mapped")
