@@ -264,13 +264,13 @@ def wait(started: Started, *, proxy_tty: bool = False, forwarder: Forwarder | No
     command has exited, before G is reaped: G's exit (tearing the namespaces down) and the
     caller's cleanup then overlap."""
     pid = started.pid
-    if not pid:
-        return 125  # never started: started.error says why
     forwarder = forwarder or started.forwarder
-    if forwarder is None and _in_main_thread():
+    if forwarder is None and _in_main_thread() and pid:
         forwarder = Forwarder()
         forwarder.set_target(pid)
     try:
+        if not pid:
+            return 125  # never started: started.error says why
         if started.master_fd >= 0 and proxy_tty:
             _proxy_pty(started.master_fd)
         if started.done_fd >= 0:
