@@ -132,15 +132,13 @@ def _probe(func: Callable[[str], str], base: str, what: str) -> str:
     A user namespace that cannot be made at all (maps refused) is raised, not a probe result:
     it is not a fact about the driver to remember, and nothing would run anyway.
     """
-    from sandbox.runtime.idmap import MapError
+    from sandbox.runtime.idmap import MapError, map_failure
     from sandbox.runtime.userns import run_in_userns
 
     try:
         return run_in_userns(func, base)
     except MapError as exc:
-        raise UserNamespaceUnavailable(f"cannot write the uid/gid maps: {exc.strerror}",
-                                       hint="check /etc/subuid, /etc/subgid and that "
-                                            "newuidmap is setuid root") from None
+        raise map_failure(exc) from None
     except UserNamespaceUnavailable:
         raise
     except OSError as exc:

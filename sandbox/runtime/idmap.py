@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 
+from sandbox.errors import UserNamespaceUnavailable
 from sandbox.spec import IdMap
 
-__all__ = ["IdMapping", "detect_mapping", "read_subid_ranges", "write_maps", "MapError",
+__all__ = ["IdMapping", "detect_mapping", "read_subid_ranges", "write_maps", "map_failure",
+           "MapError",
            "mapped_id_count"]
 
 
@@ -136,6 +138,14 @@ def _map_text(maps: tuple[IdMap, ...]) -> bytes:
 # The map tools get no environment: nothing in it is theirs to read, and with LANG set they load
 # locale data on every container's start.
 _TOOL_ENV: dict[str, str] = {}
+
+
+def map_failure(exc: MapError, *, subuid: bool = True) -> UserNamespaceUnavailable:
+    """The one-line error for maps that could not be written (the hint names the map tools'
+    configuration where they were used)."""
+    return UserNamespaceUnavailable(
+        f"cannot write the uid/gid maps: {exc.strerror}",
+        hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root" if subuid else None)
 
 
 def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...],

@@ -525,7 +525,7 @@ def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None =
         code = _reap_until(child)
         if done_fd >= 0:
             try:
-                os.kill(-1, signal.SIGKILL)  # the rest of the container, before C cleans up
+                os.kill(-1, signal.SIGKILL)  # the rest of the container, before the cleanup
             except OSError:
                 pass
             os.write(done_fd, code.to_bytes(2, "little"))
@@ -579,7 +579,7 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
     """
     code = 125
     parent = os.getppid()
-    fuse_pid = gpid = 0
+    fuse_pid = unreaped = 0
     try:
         sc.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent:
@@ -607,6 +607,7 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
         gpid = _start_init(spec, sock, payload, result_fd, forwarder, done_r, done_w)
         forwarder.set_target(gpid)
         code = _wait_init(gpid, done_r)
+        unreaped = gpid if early else 0  # G reported first: reaped after the cleanup
     except SetupFailed as exc:
         report(sock, exc.kind, exc.message, exc.code)
         code = exc.code
@@ -622,8 +623,8 @@ def container_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | N
             except OSError:
                 pass
         _cleanup(spec)
-        if gpid:
-            _wait_init(gpid)  # reaped after the cleanup when G reported first
+        if unreaped:
+            _wait_init(unreaped)
     finally:
         os._exit(code)  # a forked copy of the caller: never return into its code
 

@@ -16,7 +16,7 @@ import time
 from sandbox import _sig as signal
 from sandbox import _sock, errors
 from sandbox import _syscalls as sc
-from sandbox.runtime.idmap import IdMapping, MapError, write_maps
+from sandbox.runtime.idmap import IdMapping, MapError, map_failure, write_maps
 from sandbox.runtime.init import (
     Forwarder,
     container_main,
@@ -206,9 +206,7 @@ def _handshake(sock: _sock.Socket, started: Started, mapping: IdMapping,
                 write_maps(started.pid, mapping.mode, mapping.uid_map, mapping.gid_map,
                            mapping.newuidmap, mapping.newgidmap)
             except MapError as exc:
-                started.error = errors.UserNamespaceUnavailable(
-                    f"cannot write the uid/gid maps: {exc.strerror}",
-                    hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root")
+                started.error = map_failure(exc, subuid=mapping.mode == "subuid")
                 sock.send(b"X")
                 return
             if cgroup:

@@ -15,7 +15,7 @@ import sys
 # container and never pickles
 from sandbox import _syscalls as sc
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
-from sandbox.runtime.idmap import IdMapping, MapError, detect_mapping, write_maps
+from sandbox.runtime.idmap import IdMapping, MapError, detect_mapping, map_failure, write_maps
 
 __all__ = ["run_in_userns", "enter_user_namespace", "reap_maker", "chown_tree"]
 
@@ -121,8 +121,7 @@ def enter_user_namespace(mapping: IdMapping) -> None:
         try:
             write_maps(os.getpid(), mapping.mode, mapping.uid_map, mapping.gid_map)
         except MapError as exc:  # not seen outside AppArmor's restriction, checked above
-            raise UserNamespaceUnavailable(
-                f"cannot write the uid/gid maps: {exc.strerror}") from None
+            raise map_failure(exc, subuid=False) from None
         _INSIDE = mapping
         return
     from sandbox import _sock
@@ -151,9 +150,7 @@ def enter_user_namespace(mapping: IdMapping) -> None:
             write_maps(pid, mapping.mode, mapping.uid_map, mapping.gid_map,
                        mapping.newuidmap, mapping.newgidmap)
         except MapError as exc:
-            raise UserNamespaceUnavailable(
-                f"cannot write the uid/gid maps: {exc.strerror}",
-                hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root") from None
+            raise map_failure(exc, subuid=mapping.mode == "subuid") from None
         fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.setns(fd, sc.CLONE_NEWUSER)
