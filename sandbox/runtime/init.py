@@ -399,6 +399,22 @@ def _spawnvpe(argv: list[str], env: dict[str, str],
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 
+def _exec_settled(pid: int) -> None:
+    """Return once the command's exec is complete, as seen in ``/proc`` (its arguments in
+    place): ``posix_spawn`` returns when the exec is past its point of no return, before the
+    new program's memory is set up, and the caller's "started" (the control socket's EOF)
+    would otherwise let a reader of ``/proc/PID/cmdline`` see it empty. PID 1 only: its
+    ``/proc`` is the container's."""
+    for _ in range(100_000):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read(1):
+                    return
+        except OSError:
+            return  # gone already
+        os.sched_yield()
+
+
 def pty_path(master_fd: int) -> str:
     """The container path of the pty whose master is ``master_fd`` (``ptsname``; ``ttyname``
     needs ``/proc/self``, which an exec helper outside the container's pid namespace lacks)."""
@@ -508,6 +524,7 @@ def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None =
         forwarder = Forwarder()
         if payload is None:
             child = spawn_command(spec, pty)  # this process becomes the command's user too
+            _exec_settled(child)
         else:
             child = os.fork()
             if child == 0:
