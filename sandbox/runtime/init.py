@@ -412,6 +412,8 @@ def _exec_settled(pid: int) -> None:
                     return
         except OSError:
             return  # gone already
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return  # exited already (a zombie's cmdline is empty too); reaped later
         os.sched_yield()
 
 
@@ -495,13 +497,14 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
 
 def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
                result_fd: int = -1, done_fd: int = -1, namespaces: int = 0,
-               cgroup_wait: bool = False) -> NoReturn:
+               cgroup_wait: bool = False, settle: bool = True) -> NoReturn:
     """G: PID 1 of the container. ``done_fd``: where the command's status goes the moment it
     has exited (the cleanup then runs while this process's exit tears the namespaces down).
 
     ``namespaces``: those G makes itself, when its parent made only the user and PID ones
     (``sandbox.runtime.process.start`` with ``inline``); G then also starts the container's
-    session, after being moved into its cgroup when ``cgroup_wait``.
+    session, after being moved into its cgroup when ``cgroup_wait``. ``settle``: the command
+    counts as started only once its exec is complete (``_exec_settled``).
     """
     code = 125
     try:
@@ -524,7 +527,8 @@ def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None =
         forwarder = Forwarder()
         if payload is None:
             child = spawn_command(spec, pty)  # this process becomes the command's user too
-            _exec_settled(child)
+            if settle:
+                _exec_settled(child)
         else:
             child = os.fork()
             if child == 0:

@@ -161,8 +161,10 @@ def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder 
         psock.close()
         if done_r >= 0:
             os.close(done_r)
+        # settle=False: the CLI's own foreground container, whose command's /proc entry
+        # nobody reads the moment it starts (0.3 ms of every run)
         init_main(spec, csock, done_fd=done_w, namespaces=namespace_flags(spec),
-                  cgroup_wait=bool(cgroup))
+                  cgroup_wait=bool(cgroup), settle=False)
     csock.close()
     if done_w >= 0:
         os.close(done_w)
