@@ -13,6 +13,8 @@ import fcntl
 import os
 import struct
 
+from sandbox import _sig as _signal
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -25,8 +27,10 @@ __all__ = [
     "unshare", "setns", "mount", "umount2", "pivot_root", "prctl", "set_no_new_privs",
     "drop_bounding_caps", "set_caps", "set_pdeathsig", "get_pdeathsig", "set_child_subreaper",
     "loopback_up", "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap", "TIOCGPTN",
+    "clone_holder",
 ]
 
+CLONE_VM = 0x00000100
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -92,6 +96,7 @@ class _Libc:
 
         self._array = ct.Array
         self._c_char = c_char
+        self._addressof = ct.addressof
 
         self._handle = ct.dlopen(None, 0)
         self._func = Func
@@ -104,6 +109,12 @@ class _Libc:
         buf_type: Any = type("Buffer", (self._array,), {"_type_": self._c_char,
                                                          "_length_": len(data)})
         return buf_type.from_buffer_copy(data)
+
+    def stack(self, size: int) -> tuple[Any, int]:
+        """A zeroed ``size``-byte buffer and its top, 16-byte aligned (a stack for clone(2))."""
+        buf_type: Any = type("Stack", (self._array,), {"_type_": self._c_char, "_length_": size})
+        buf = buf_type()
+        return buf, (self._addressof(buf) + size) & ~15
 
     def __getattr__(self, name: str) -> Any:
         func = self._cache.get(name)
@@ -164,6 +175,24 @@ def setns(fd: int, nstype: int = 0) -> None:
             raise OSError(exc.errno, f"setns: {os.strerror(exc.errno or 0)}", None) from None
         return
     _check(_lib().setns(fd, nstype), "setns")
+
+
+def clone_holder(flags: int) -> tuple[int, Any]:
+    """A child process, in new namespaces (``flags``, ``CLONE_NEW*``), that only holds them: it
+    sleeps in pause(2) until it is killed. Returns its pid and its stack, which the caller keeps
+    until the child is reaped.
+
+    It is clone(2) with ``CLONE_VM``: the child runs libc's ``pause`` on a stack of its own in
+    this process's memory, where a fork would copy the page tables and make every page this
+    process writes afterwards fault once. The namespaces exist when clone returns, so there is
+    no handshake; ``SIGCHLD`` reports its exit as a fork's would. It shares no file table, fs
+    or signal handlers, so ``setns`` into its user namespace stays allowed for this process.
+    """
+    lib = _lib()
+    stack, top = lib.stack(64 * 1024)  # pause needs little; a signal handler run there, more
+    pid = lib.clone(lib.pause, lib.c_ulong(top), flags | CLONE_VM | _signal.SIGCHLD, None)
+    _check(pid, "clone")
+    return pid, stack
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,

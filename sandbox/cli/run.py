@@ -259,17 +259,27 @@ def main(command: str, argv: list[str]) -> int:
             return _run_monitored(engine, spec)
         finally:
             lifecycle.remove(engine, spec.id, force=True, volumes=True)
-    spec = lifecycle.create(engine, args.image, cmd, opts, host)
-    if command == "create":
-        sys.stdout.write(spec.id + "\n")
-        return 0
-    if args.detach:
-        lifecycle.start(engine, spec)
-        sys.stdout.write(spec.id + "\n")
-        return 0
-    if monitored:
+    if command == "create" or args.detach or monitored:
+        spec = lifecycle.create(engine, args.image, cmd, opts, host)
+        if command == "create":
+            sys.stdout.write(spec.id + "\n")
+            return 0
+        if args.detach:
+            lifecycle.start(engine, spec)
+            sys.stdout.write(spec.id + "\n")
+            return 0
         return _run_monitored(engine, spec)
-    return lifecycle.run_foreground(engine, spec)
+    from sandbox.runtime import userns
+
+    if opts.network in ("none", "host") and opts.storage_driver != "fuse":
+        # the map tools run while the container is created (this process then enters the
+        # user namespace they mapped: process.start(inline=True))
+        userns.prepare_user_namespace(engine.mapping)
+    try:
+        spec = lifecycle.create(engine, args.image, cmd, opts, host)
+        return lifecycle.run_foreground(engine, spec)
+    finally:
+        userns.cancel_prepared()
 
 
 def _run_monitored(engine: Any, spec: Any) -> int:

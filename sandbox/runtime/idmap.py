@@ -148,28 +148,47 @@ def map_failure(exc: MapError, *, subuid: bool = True) -> UserNamespaceUnavailab
         hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root" if subuid else None)
 
 
-def write_maps(pid: int, mode: str, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...],
-               newuidmap: str = "newuidmap", newgidmap: str = "newgidmap") -> None:
-    """Write the maps of process ``pid`` (which has just unshared its user namespace)."""
-    if mode == "subuid":
-        procs = []
-        for tool, maps in ((newuidmap, uid_map), (newgidmap, gid_map)):
-            devnull = os.open(os.devnull, os.O_RDWR)
-            try:
-                procs.append((tool, os.posix_spawn(
-                    tool, [tool, str(pid), *_map_args(maps)], _TOOL_ENV,
-                    file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
-                                  (os.POSIX_SPAWN_DUP2, devnull, 1)])))
-            finally:
-                os.close(devnull)
-        failed = ""
-        for tool, child in procs:  # every tool reaped, the first failure named
+def start_map_tools(pid: int, mapping: IdMapping) -> list[tuple[str, int]]:
+    """Start ``newuidmap`` and ``newgidmap`` on process ``pid`` (which has just unshared its
+    user namespace), side by side; ``wait_map_tools`` reaps them."""
+    procs = []
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for tool, maps in ((mapping.newuidmap, mapping.uid_map),
+                           (mapping.newgidmap, mapping.gid_map)):
+            procs.append((tool, os.posix_spawn(
+                tool, [tool, str(pid), *_map_args(maps)], _TOOL_ENV,
+                file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                              (os.POSIX_SPAWN_DUP2, devnull, 1)])))
+    except BaseException:
+        wait_map_tools(pid, procs, check=False)
+        raise
+    finally:
+        os.close(devnull)
+    return procs
+
+
+def wait_map_tools(pid: int, procs: list[tuple[str, int]], *, check: bool = True) -> None:
+    """Reap every tool ``start_map_tools`` started; ``MapError`` names the first that failed."""
+    failed = ""
+    for tool, child in procs:
+        try:
             _, status = os.waitpid(child, 0)
-            code = os.waitstatus_to_exitcode(status)
-            if code != 0 and not failed:
-                failed = f"{os.path.basename(tool)} {pid} failed with exit {code}"
-        if failed:
-            raise MapError(1, failed)
+        except ChildProcessError:  # reaped already
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and not failed:
+            failed = f"{os.path.basename(tool)} {pid} failed with exit {code}"
+    if failed and check:
+        raise MapError(1, failed)
+
+
+def write_maps(pid: int, mapping: IdMapping) -> None:
+    """Write the maps of process ``pid`` (which has just unshared its user namespace): with the
+    map tools in subuid mode, else ourselves (``setgroups`` denied first)."""
+    uid_map, gid_map = mapping.uid_map, mapping.gid_map
+    if mapping.mode == "subuid":
+        wait_map_tools(pid, start_map_tools(pid, mapping))
         return
     base = f"/proc/{pid}/"
     for name, data in (("setgroups", b"deny"), ("uid_map", _map_text(uid_map)),

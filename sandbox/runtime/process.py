@@ -23,7 +23,7 @@ from sandbox.runtime.init import (
     init_main,
     namespace_flags,
 )
-from sandbox.runtime.userns import enter_user_namespace, reap_maker
+from sandbox.runtime.userns import cancel_prepared, enter_user_namespace, reap_maker
 from sandbox.spec import ContainerSpec, spec_to_json
 
 TYPE_CHECKING = False
@@ -113,6 +113,7 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
     if (inline and can_fork() and spec.network in ("none", "host")
             and spec.rootfs.driver != "fuse" and not spec.rootfs.scratch):
         return _start_inline(spec, mapping, forwarder, cgroup)
+    cancel_prepared()  # a user namespace the CLI prepared for an inline start is not used
     psock, csock = _sock.socketpair()
     if _must_spawn():
         _sock.set_inheritable(csock, True)
@@ -205,8 +206,7 @@ def _handshake(sock: _sock.Socket, started: Started, mapping: IdMapping,
         tag, payload = msg[:1], msg[1:]
         if tag == b"U":
             try:
-                write_maps(started.pid, mapping.mode, mapping.uid_map, mapping.gid_map,
-                           mapping.newuidmap, mapping.newgidmap)
+                write_maps(started.pid, mapping)
             except MapError as exc:
                 started.error = map_failure(exc, subuid=mapping.mode == "subuid")
                 sock.send(b"X")

@@ -13,11 +13,21 @@ import sys
 
 # pickle is imported where it is used: ``sandbox run`` imports this module on its way to the
 # container and never pickles
+from sandbox import _sig as signal
 from sandbox import _syscalls as sc
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
-from sandbox.runtime.idmap import IdMapping, MapError, detect_mapping, map_failure, write_maps
+from sandbox.runtime.idmap import (
+    IdMapping,
+    MapError,
+    detect_mapping,
+    map_failure,
+    start_map_tools,
+    wait_map_tools,
+    write_maps,
+)
 
-__all__ = ["run_in_userns", "enter_user_namespace", "reap_maker", "chown_tree"]
+__all__ = ["run_in_userns", "enter_user_namespace", "prepare_user_namespace", "cancel_prepared",
+           "reap_maker", "chown_tree"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is an import of its own: not on the way to a container
@@ -27,7 +37,10 @@ if TYPE_CHECKING:  # typing is an import of its own: not on the way to a contain
     T = TypeVar("T")
 
 _INSIDE: IdMapping | None = None  # the maps of the user namespace this process has entered
-_MAKER = 0  # the child that made it, until reaped
+_MAKER: tuple[int, Any] | None = None  # the namespace holder (pid, stack), until reaped
+# prepare_user_namespace's work, until enter_user_namespace takes it: the mapping, the holder's
+# pid and stack, the map tools (name, pid) still running
+_PREPARED: tuple[IdMapping, int, Any, list[tuple[str, int]]] | None = None
 
 
 def _read_all(fd: int) -> bytes:
@@ -102,15 +115,16 @@ def enter_user_namespace(mapping: IdMapping) -> None:
     Single-uid mode: unshare and write our own maps, as ``unshare -r`` does. Subuid mode: the
     map tools must act from outside the namespace, and we must stay outside should they fail
     (in a namespace without maps our own files are no longer ours: the container directory could
-    not be removed). A forked child makes the namespace, we map it and join it, and the child
-    exits; ``reap_maker`` collects it once the container is done. Single-uid mode takes that
+    not be removed). A child cloned into a new user namespace holds it (``clone_holder``: no
+    fork of this process), we map it and join it, and kill the child; ``reap_maker`` collects
+    it once the container is done. Single-uid mode takes that
     way too where AppArmor restricts unprivileged namespaces (own maps are refused there).
 
     Afterwards ``run_in_userns`` calls its function here: this process is root of a namespace
     with the same maps already (and a fork would put the child in the container's PID
     namespace).
     """
-    global _INSIDE, _MAKER
+    global _INSIDE, _MAKER, _PREPARED
     if mapping.mode != "subuid" and not _apparmor_restricts():
         try:
             sc.unshare(sc.CLONE_NEWUSER)
@@ -119,36 +133,32 @@ def enter_user_namespace(mapping: IdMapping) -> None:
 
             raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
         try:
-            write_maps(os.getpid(), mapping.mode, mapping.uid_map, mapping.gid_map)
+            write_maps(os.getpid(), mapping)
         except MapError as exc:  # not seen outside AppArmor's restriction, checked above
             raise map_failure(exc, subuid=False) from None
         _INSIDE = mapping
         return
-    from sandbox import _sock
-
-    psock, csock = _sock.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        psock.close()
-        try:
-            sc.unshare(sc.CLONE_NEWUSER)
-            csock.send(b"U")
-        except OSError as exc:
-            csock.send(b"E%d" % (exc.errno or 0))
-        csock.recv(1)  # until the caller has joined or given up
-        os._exit(0)
-    csock.close()
-    _MAKER = pid
+    prepared, _PREPARED = _PREPARED, None
+    if prepared is not None and prepared[0] is not mapping:
+        _cancel(prepared)
+        prepared = None
     try:
-        msg = psock.recv(64)
-        if msg != b"U":
-            err = int(msg[1:] or 0) if msg[:1] == b"E" else 0
-            from sandbox.runtime.init import userns_failure_message
+        if prepared is None:
+            pid, stack = sc.clone_holder(sc.CLONE_NEWUSER)
+            procs = start_map_tools(pid, mapping) if mapping.mode == "subuid" else []
+        else:
+            _, pid, stack, procs = prepared
+    except OSError as exc:
+        from sandbox.runtime.init import userns_failure_message
 
-            raise UserNamespaceUnavailable(userns_failure_message(err))
+        raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+    _MAKER = pid, stack
+    try:
         try:
-            write_maps(pid, mapping.mode, mapping.uid_map, mapping.gid_map,
-                       mapping.newuidmap, mapping.newgidmap)
+            if procs:
+                wait_map_tools(pid, procs)
+            else:
+                write_maps(pid, mapping)
         except MapError as exc:
             raise map_failure(exc, subuid=mapping.mode == "subuid") from None
         fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
@@ -156,20 +166,57 @@ def enter_user_namespace(mapping: IdMapping) -> None:
             sc.setns(fd, sc.CLONE_NEWUSER)
         finally:
             os.close(fd)
-        _INSIDE = mapping
     except BaseException:
-        psock.close()  # the child's recv returns: it exits
+        wait_map_tools(pid, procs, check=False)  # none left behind (reaped ones are not again)
+        os.kill(pid, signal.SIGKILL)
         reap_maker()
         raise
-    psock.close()  # the child exits now; reap_maker collects it later
+    os.kill(pid, signal.SIGKILL)  # its work is done; reap_maker collects it later
+    _INSIDE = mapping
+
+
+def prepare_user_namespace(mapping: IdMapping) -> None:
+    """Start on the user namespace ``enter_user_namespace`` will enter with ``mapping``: where
+    that takes the map tools (subuid ranges), clone the namespace's holder and start the tools
+    now, so they run while the caller does other work (creating the container). A failure here
+    is left for ``enter_user_namespace`` to meet and report. Whoever prepares and may then not
+    enter calls ``cancel_prepared``."""
+    global _PREPARED
+    if mapping.mode != "subuid" or _PREPARED is not None or _INSIDE is not None:
+        return
+    try:
+        pid, stack = sc.clone_holder(sc.CLONE_NEWUSER)
+    except OSError:
+        return
+    try:
+        procs = start_map_tools(pid, mapping)
+    except OSError:
+        signal.kill_and_reap(pid, signal.SIGKILL)
+        return
+    _PREPARED = mapping, pid, stack, procs
+
+
+def cancel_prepared() -> None:
+    """Undo ``prepare_user_namespace`` if ``enter_user_namespace`` did not use it: no process
+    of it is left."""
+    global _PREPARED
+    prepared, _PREPARED = _PREPARED, None
+    if prepared is not None:
+        _cancel(prepared)
+
+
+def _cancel(prepared: tuple[IdMapping, int, Any, list[tuple[str, int]]]) -> None:
+    _, pid, _stack, procs = prepared
+    wait_map_tools(pid, procs, check=False)
+    signal.kill_and_reap(pid, signal.SIGKILL)
 
 
 def reap_maker() -> None:
-    """Collect the child ``enter_user_namespace`` forked, if any (it has exited or is exiting:
-    its exit is not waited for on the way to the container)."""
+    """Collect the namespace holder ``enter_user_namespace`` cloned, if any (killed already:
+    its exit is not waited for on the way to the container). Its stack is freed only then."""
     global _MAKER
     if _MAKER:
-        pid, _MAKER = _MAKER, 0
+        pid, _MAKER = _MAKER[0], None
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
@@ -209,8 +256,7 @@ def run_in_userns(func: Callable[..., T], *args: Any, mapping: IdMapping | None 
         os.close(fd)
     try:
         if os.read(ready_r, 1) == b"U":
-            write_maps(pid, mapping.mode, mapping.uid_map, mapping.gid_map, mapping.newuidmap,
-                       mapping.newgidmap)
+            write_maps(pid, mapping)
             os.write(go_w, b"M")
         os.close(go_w)
         go_w = -1

@@ -399,3 +399,124 @@ def test_entering_a_mapped_user_namespace_leaves_no_child():
     assert os.waitstatus_to_exitcode(status) == 0
     assert [line.split() for line in maps.splitlines()] == [
         [str(m.container_id), str(m.host_id), str(m.size)] for m in mapping.uid_map]
+
+
+def _in_child(func) -> str:
+    """Run ``func`` in a forked child (whose namespaces it may change) and return what it
+    returned; a failure in the child fails the test with its message."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            out = func()
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            out = f"{type(exc).__name__}: {exc}"
+        try:
+            os.write(w, out.encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
+
+
+def _no_child_left() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_a_namespace_holder_is_cloned_into_its_own_user_namespace_and_reaped():
+    """``clone_holder``: a child in a new user namespace that only sleeps, until killed."""
+    def check() -> str:
+        from sandbox import _syscalls as sc
+
+        pid, _stack = sc.clone_holder(sc.CLONE_NEWUSER)
+        theirs = os.readlink(f"/proc/{pid}/ns/user")
+        assert theirs != os.readlink("/proc/self/ns/user")
+        time.sleep(0.05)
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        assert _no_child_left()
+        return state
+
+    assert _in_child(check) == "S"  # asleep in pause(2)
+
+
+@pytest.mark.requires_subuid
+def test_a_prepared_user_namespace_is_the_one_entered():
+    """``prepare_user_namespace`` starts the map tools early; ``enter_user_namespace`` joins
+    the namespace they mapped, and no process of it is left once ``reap_maker`` has run."""
+    def check() -> str:
+        from sandbox.runtime import userns
+
+        mapping = detect_mapping()
+        userns.prepare_user_namespace(mapping)
+        assert userns._PREPARED is not None
+        holder = userns._PREPARED[1]
+        userns.enter_user_namespace(mapping)
+        assert userns._PREPARED is None
+        assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder}/ns/user")
+        userns.reap_maker()
+        assert _no_child_left()
+        with open("/proc/self/uid_map") as f:
+            return f.read()
+
+    maps = _in_child(check)
+    assert [line.split() for line in maps.splitlines()] == [
+        [str(m.container_id), str(m.host_id), str(m.size)] for m in detect_mapping().uid_map]
+
+
+@pytest.mark.requires_subuid
+def test_a_prepared_user_namespace_left_unused_leaves_no_process():
+    def check() -> str:
+        from sandbox.runtime import userns
+
+        userns.prepare_user_namespace(detect_mapping())
+        assert userns._PREPARED is not None
+        _, holder, _, tools = userns._PREPARED
+        userns.cancel_prepared()
+        assert userns._PREPARED is None and _no_child_left()
+        for pid in (holder, *(p for _, p in tools)):
+            assert not os.path.exists(f"/proc/{pid}")
+        userns.cancel_prepared()  # twice is harmless
+        return "ok"
+
+    assert _in_child(check) == "ok"
+
+
+@pytest.mark.requires_subuid
+def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path: Path):
+    from sandbox.runtime.idmap import IdMapping
+
+    real = detect_mapping()
+    fail = tmp_path / "fail"
+    fail.write_text("#!/bin/sh\nexit 1\n")
+    fail.chmod(0o755)
+    mapping = IdMapping(real.mode, real.uid_map, real.gid_map, real.reason, str(fail),
+                        real.newgidmap)
+
+    def check() -> str:
+        from sandbox.errors import UserNamespaceUnavailable
+        from sandbox.runtime import userns
+
+        before = os.readlink("/proc/self/ns/user")
+        userns.prepare_user_namespace(mapping)
+        with pytest.raises(UserNamespaceUnavailable) as exc:
+            userns.enter_user_namespace(mapping)
+        assert os.readlink("/proc/self/ns/user") == before
+        assert userns._INSIDE is None and userns._PREPARED is None
+        assert _no_child_left()
+        return str(exc.value)
+
+    assert _in_child(check).startswith("cannot write the uid/gid maps: fail ")
