@@ -272,11 +272,12 @@ def main(command: str, argv: list[str]) -> int:
     from sandbox.runtime import userns
 
     if opts.network in ("none", "host") and opts.storage_driver != "fuse":
-        # the map tools run while the container is created (this process then enters the
-        # user namespace they mapped: process.start(inline=True))
+        # the map tools run one after the other while the container is created and started
+        # (this process then enters the user namespace they mapped: process.start(inline=True))
         userns.prepare_user_namespace(engine.mapping)
     try:
         spec = lifecycle.create(engine, args.image, cmd, opts, host)
+        userns.advance_prepared()
         return lifecycle.run_foreground(engine, spec)
     finally:
         userns.cancel_prepared()

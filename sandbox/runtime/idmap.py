@@ -148,23 +148,34 @@ def map_failure(exc: MapError, *, subuid: bool = True) -> UserNamespaceUnavailab
         hint="check /etc/subuid, /etc/subgid and that newuidmap is setuid root" if subuid else None)
 
 
-def start_map_tools(pid: int, mapping: IdMapping) -> list[tuple[str, int]]:
-    """Start ``newuidmap`` and ``newgidmap`` on process ``pid`` (which has just unshared its
-    user namespace), side by side; ``wait_map_tools`` reaps them."""
-    procs = []
+def map_tool_argvs(pid: int, mapping: IdMapping) -> list[list[str]]:
+    """The ``newuidmap`` and ``newgidmap`` commands that map process ``pid`` (which has just
+    unshared its user namespace)."""
+    return [[tool, str(pid), *_map_args(maps)]
+            for tool, maps in ((mapping.newuidmap, mapping.uid_map),
+                               (mapping.newgidmap, mapping.gid_map))]
+
+
+def start_map_tool(argv: list[str]) -> tuple[str, int]:
+    """Start one of ``map_tool_argvs``; returns (tool, pid) for ``wait_map_tools``."""
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        for tool, maps in ((mapping.newuidmap, mapping.uid_map),
-                           (mapping.newgidmap, mapping.gid_map)):
-            procs.append((tool, os.posix_spawn(
-                tool, [tool, str(pid), *_map_args(maps)], _TOOL_ENV,
-                file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
-                              (os.POSIX_SPAWN_DUP2, devnull, 1)])))
+        return argv[0], os.posix_spawn(argv[0], argv, _TOOL_ENV,
+                                       file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                                     (os.POSIX_SPAWN_DUP2, devnull, 1)])
+    finally:
+        os.close(devnull)
+
+
+def start_map_tools(pid: int, mapping: IdMapping) -> list[tuple[str, int]]:
+    """Start both map tools on process ``pid``, side by side."""
+    procs: list[tuple[str, int]] = []
+    try:
+        for argv in map_tool_argvs(pid, mapping):
+            procs.append(start_map_tool(argv))
     except BaseException:
         wait_map_tools(pid, procs, check=False)
         raise
-    finally:
-        os.close(devnull)
     return procs
 
 

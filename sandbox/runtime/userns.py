@@ -21,13 +21,14 @@ from sandbox.runtime.idmap import (
     MapError,
     detect_mapping,
     map_failure,
-    start_map_tools,
+    map_tool_argvs,
+    start_map_tool,
     wait_map_tools,
     write_maps,
 )
 
-__all__ = ["run_in_userns", "enter_user_namespace", "prepare_user_namespace", "cancel_prepared",
-           "reap_maker", "chown_tree"]
+__all__ = ["run_in_userns", "enter_user_namespace", "prepare_user_namespace", "advance_prepared",
+           "cancel_prepared", "reap_maker", "chown_tree"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is an import of its own: not on the way to a container
@@ -37,10 +38,8 @@ if TYPE_CHECKING:  # typing is an import of its own: not on the way to a contain
     T = TypeVar("T")
 
 _INSIDE: IdMapping | None = None  # the maps of the user namespace this process has entered
-_MAKER: tuple[int, Any] | None = None  # the namespace holder (pid, stack), until reaped
-# prepare_user_namespace's work, until enter_user_namespace takes it: the mapping, the holder's
-# pid and stack, the map tools (name, pid) still running
-_PREPARED: tuple[IdMapping, int, Any, list[tuple[str, int]]] | None = None
+_MAKER: _Holder | None = None  # the namespace's holder, until reaped
+_PREPARED: _Holder | None = None  # prepare_user_namespace's, until enter_user_namespace takes it
 
 
 def _read_all(fd: int) -> bytes:
@@ -138,85 +137,120 @@ def enter_user_namespace(mapping: IdMapping) -> None:
             raise map_failure(exc, subuid=False) from None
         _INSIDE = mapping
         return
-    prepared, _PREPARED = _PREPARED, None
-    if prepared is not None and prepared[0] is not mapping:
-        _cancel(prepared)
-        prepared = None
-    try:
-        if prepared is None:
-            pid, stack = sc.clone_holder(sc.CLONE_NEWUSER)
-            procs = start_map_tools(pid, mapping) if mapping.mode == "subuid" else []
-        else:
-            _, pid, stack, procs = prepared
-    except OSError as exc:
-        from sandbox.runtime.init import userns_failure_message
+    holder, _PREPARED = _PREPARED, None
+    if holder is not None and holder.mapping is not mapping:
+        holder.discard()
+        holder = None
+    if holder is None:
+        try:
+            holder = _Holder(mapping)
+        except OSError as exc:
+            from sandbox.runtime.init import userns_failure_message
 
-        raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
-    _MAKER = pid, stack
+            raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
     try:
         try:
-            if procs:
-                wait_map_tools(pid, procs)
-            else:
-                write_maps(pid, mapping)
+            holder.finish()
         except MapError as exc:
             raise map_failure(exc, subuid=mapping.mode == "subuid") from None
-        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.setns(fd, sc.CLONE_NEWUSER)
         finally:
             os.close(fd)
     except BaseException:
-        wait_map_tools(pid, procs, check=False)  # none left behind (reaped ones are not again)
-        os.kill(pid, signal.SIGKILL)
-        reap_maker()
+        holder.discard()
         raise
-    os.kill(pid, signal.SIGKILL)  # its work is done; reap_maker collects it later
+    os.kill(holder.pid, signal.SIGKILL)  # its work is done; reap_maker collects it later
+    _MAKER = holder
     _INSIDE = mapping
 
 
+class _Holder:
+    """A new user namespace, held by a cloned child (``sc.clone_holder``), and the map tools
+    that map it (subuid mode), started one at a time by ``step``: each runs while this process
+    works on, where two at once would compete with it for the CPU (on two cores, a millisecond
+    of every ``sandbox run``)."""
+
+    __slots__ = ("mapping", "pid", "stack", "pending", "started")
+
+    def __init__(self, mapping: IdMapping) -> None:
+        self.pid, self.stack = sc.clone_holder(sc.CLONE_NEWUSER)  # OSError: no namespace
+        self.mapping = mapping
+        self.pending = map_tool_argvs(self.pid, mapping) if mapping.mode == "subuid" else []
+        self.started: list[tuple[str, int]] = []
+
+    def step(self) -> None:
+        """Start the next map tool, if any (``OSError`` if it cannot be: it stays next)."""
+        if self.pending:
+            self.started.append(start_map_tool(self.pending[0]))
+            del self.pending[0]
+
+    def finish(self) -> None:
+        """The maps written: the tools not started yet, then every tool waited for (our own
+        maps in single-uid mode); ``MapError`` if they could not be."""
+        if self.mapping.mode != "subuid":
+            write_maps(self.pid, self.mapping)
+            return
+        try:
+            while self.pending:
+                self.step()
+        except OSError as exc:
+            raise MapError(exc.errno, f"{self.pending[0][0]}: {exc.strerror}") from None
+        wait_map_tools(self.pid, self.started)
+
+    def discard(self) -> None:
+        """No process of it left: the tools reaped, the holder killed and reaped."""
+        wait_map_tools(self.pid, self.started, check=False)
+        signal.kill_and_reap(self.pid, signal.SIGKILL)
+
+
 def prepare_user_namespace(mapping: IdMapping) -> None:
-    """Start on the user namespace ``enter_user_namespace`` will enter with ``mapping``: where
-    that takes the map tools (subuid ranges), clone the namespace's holder and start the tools
-    now, so they run while the caller does other work (creating the container). A failure here
-    is left for ``enter_user_namespace`` to meet and report. Whoever prepares and may then not
-    enter calls ``cancel_prepared``."""
+    """Start on the user namespace ``enter_user_namespace`` will enter with ``mapping``, where
+    that takes the map tools (subuid ranges): clone the namespace's holder and start the first
+    tool, which runs while the caller works on (creating the container); ``advance_prepared``
+    starts the next. A failure here is left for ``enter_user_namespace`` to meet and report.
+    Whoever prepares and may then not enter calls ``cancel_prepared``."""
     global _PREPARED
     if mapping.mode != "subuid" or _PREPARED is not None or _INSIDE is not None:
         return
     try:
-        pid, stack = sc.clone_holder(sc.CLONE_NEWUSER)
+        holder = _Holder(mapping)
     except OSError:
         return
     try:
-        procs = start_map_tools(pid, mapping)
+        holder.step()
     except OSError:
-        signal.kill_and_reap(pid, signal.SIGKILL)
+        holder.discard()
         return
-    _PREPARED = mapping, pid, stack, procs
+    _PREPARED = holder
+
+
+def advance_prepared() -> None:
+    """Start the prepared namespace's next map tool (once the caller has work for the other
+    core again)."""
+    if _PREPARED is not None:
+        try:
+            _PREPARED.step()
+        except OSError:
+            pass  # tried again by enter_user_namespace, which reports it
 
 
 def cancel_prepared() -> None:
     """Undo ``prepare_user_namespace`` if ``enter_user_namespace`` did not use it: no process
     of it is left."""
     global _PREPARED
-    prepared, _PREPARED = _PREPARED, None
-    if prepared is not None:
-        _cancel(prepared)
-
-
-def _cancel(prepared: tuple[IdMapping, int, Any, list[tuple[str, int]]]) -> None:
-    _, pid, _stack, procs = prepared
-    wait_map_tools(pid, procs, check=False)
-    signal.kill_and_reap(pid, signal.SIGKILL)
+    holder, _PREPARED = _PREPARED, None
+    if holder is not None:
+        holder.discard()
 
 
 def reap_maker() -> None:
     """Collect the namespace holder ``enter_user_namespace`` cloned, if any (killed already:
     its exit is not waited for on the way to the container). Its stack is freed only then."""
     global _MAKER
-    if _MAKER:
-        pid, _MAKER = _MAKER[0], None
+    if _MAKER is not None:
+        pid, _MAKER = _MAKER.pid, None
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:

@@ -462,11 +462,15 @@ def test_a_prepared_user_namespace_is_the_one_entered():
 
         mapping = detect_mapping()
         userns.prepare_user_namespace(mapping)
-        assert userns._PREPARED is not None
-        holder = userns._PREPARED[1]
+        holder = userns._PREPARED
+        assert holder is not None
+        assert [t for t, _ in holder.started] == [mapping.newuidmap]  # one tool at a time
+        assert [argv[0] for argv in holder.pending] == [mapping.newgidmap]
+        userns.advance_prepared()
+        assert len(holder.started) == 2 and not holder.pending
         userns.enter_user_namespace(mapping)
         assert userns._PREPARED is None
-        assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder}/ns/user")
+        assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder.pid}/ns/user")
         userns.reap_maker()
         assert _no_child_left()
         with open("/proc/self/uid_map") as f:
@@ -483,11 +487,11 @@ def test_a_prepared_user_namespace_left_unused_leaves_no_process():
         from sandbox.runtime import userns
 
         userns.prepare_user_namespace(detect_mapping())
-        assert userns._PREPARED is not None
-        _, holder, _, tools = userns._PREPARED
+        holder = userns._PREPARED
+        assert holder is not None and holder.started
         userns.cancel_prepared()
         assert userns._PREPARED is None and _no_child_left()
-        for pid in (holder, *(p for _, p in tools)):
+        for pid in (holder.pid, *(p for _, p in holder.started)):
             assert not os.path.exists(f"/proc/{pid}")
         userns.cancel_prepared()  # twice is harmless
         return "ok"
@@ -496,15 +500,21 @@ def test_a_prepared_user_namespace_left_unused_leaves_no_process():
 
 
 @pytest.mark.requires_subuid
-def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path: Path):
+@pytest.mark.parametrize("broken", ["newuidmap fails", "newgidmap missing"])
+def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path: Path,
+                                                                       broken: str):
     from sandbox.runtime.idmap import IdMapping
 
     real = detect_mapping()
     fail = tmp_path / "fail"
     fail.write_text("#!/bin/sh\nexit 1\n")
     fail.chmod(0o755)
-    mapping = IdMapping(real.mode, real.uid_map, real.gid_map, real.reason, str(fail),
-                        real.newgidmap)
+    missing = tmp_path / "missing"
+    if broken == "newuidmap fails":
+        tools, expected = (str(fail), real.newgidmap), "fail "
+    else:
+        tools, expected = (real.newuidmap, str(missing)), f"{missing}: No such file"
+    mapping = IdMapping(real.mode, real.uid_map, real.gid_map, real.reason, *tools)
 
     def check() -> str:
         from sandbox.errors import UserNamespaceUnavailable
@@ -512,6 +522,7 @@ def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path:
 
         before = os.readlink("/proc/self/ns/user")
         userns.prepare_user_namespace(mapping)
+        userns.advance_prepared()  # cannot start a missing tool: enter meets it again
         with pytest.raises(UserNamespaceUnavailable) as exc:
             userns.enter_user_namespace(mapping)
         assert os.readlink("/proc/self/ns/user") == before
@@ -519,4 +530,4 @@ def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path:
         assert _no_child_left()
         return str(exc.value)
 
-    assert _in_child(check).startswith("cannot write the uid/gid maps: fail ")
+    assert _in_child(check).startswith(f"cannot write the uid/gid maps: {expected}")
