@@ -23,7 +23,7 @@ from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxErr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Any
 
     from sandbox._exec import ExecResult, ExecTimeout, exec_run, exec_stream
@@ -365,8 +365,10 @@ def _drop_cgroup(path: str) -> None:
         _cgroups.remove(path)
 
 
-def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
-    """A foreground ``run``: this process owns the container (and is recorded as its owner)."""
+def run_foreground(engine: Engine, spec: ContainerSpec,
+                   on_started: Callable[[], None] | None = None) -> int:
+    """A foreground ``run``: this process owns the container (and is recorded as its owner).
+    ``on_started`` is called once the container's command has started (or failed to)."""
     from sandbox.runtime.process import start as rt_start
     from sandbox.runtime.process import wait as rt_wait
 
@@ -381,6 +383,8 @@ def run_foreground(engine: Engine, spec: ContainerSpec) -> int:
         cgroup = _container_cgroup(spec.id, hc)
         # inline: this process holds the namespaces (and removes an --rm container itself)
         started = rt_start(spec, engine.mapping, cgroup=cgroup, inline=True)
+        if on_started is not None:
+            on_started()
     except BaseException:
         _drop_cgroup(cgroup)
         if spec.remove:  # nothing of an --rm container is left behind, whatever failed

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
-__all__ = ["main", "entry", "COMMANDS"]
+__all__ = ["main", "entry", "resume_gc", "COMMANDS"]
 
 # name -> (module, one-line help). Modules define ``add_arguments(parser)`` and ``run(args)``.
 _C = "sandbox.cli.containers"
@@ -159,8 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if exc.name != name:
                 raise
             raise UsageError(f"'sandbox {command}' is not available in this build") from None
-        _resume_gc()
-        entry: Callable[[str, list[str]], int] = sys.modules[name].main
+        module = sys.modules[name]
+        if not getattr(module, "RESUMES_GC", False):
+            resume_gc()
+        entry: Callable[[str, list[str]], int] = module.main
         return entry(command, args[1:])
     except SandboxError as err:
         return _render(err)
@@ -178,11 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 _GC_PAUSED = False
 
 
-def _resume_gc() -> None:
-    """The cyclic garbage collector back on, after the command's imports, which it would
-    traverse again and again as they grow (about 0.8 ms of every ``sandbox run``); what they
-    made is frozen first (``gc.freeze``), so later collections leave it alone, and forked
-    helpers do not copy its pages by touching them."""
+def resume_gc() -> None:
+    """The cyclic garbage collector back on, once the command's imports are done (a command
+    module with ``RESUMES_GC`` calls this itself, later: ``run`` once its container has
+    started). What exists by then is frozen first (``gc.freeze``): collections would traverse
+    it again and again for nothing (about 0.8 ms of every ``sandbox run``), and forked
+    helpers would copy its pages by touching them."""
     global _GC_PAUSED
     if _GC_PAUSED:
         import gc
@@ -192,16 +195,30 @@ def _resume_gc() -> None:
         gc.enable()
 
 
-def entry() -> NoReturn:
-    """The ``sandbox`` program: ``main``, then exit without the interpreter's teardown (a few
-    milliseconds of every ``sandbox run``: nothing of ours needs finalizers or atexit). The
-    cyclic garbage collector is off until the command's module is loaded (``_resume_gc``)."""
+def _pause_gc() -> None:
+    """The collector off until ``resume_gc``; a process forked meanwhile (a container's PID 1)
+    has it back from the start."""
     global _GC_PAUSED
     import gc
 
     if gc.isenabled():
         gc.disable()
         _GC_PAUSED = True
+        os.register_at_fork(before=_freeze_before_fork, after_in_child=resume_gc)
+
+
+def _freeze_before_fork() -> None:
+    if _GC_PAUSED:
+        import gc
+
+        gc.freeze()  # the child's collector starts after what exists now (resume_gc)
+
+
+def entry() -> NoReturn:
+    """The ``sandbox`` program: ``main``, then exit without the interpreter's teardown (a few
+    milliseconds of every ``sandbox run``: nothing of ours needs finalizers or atexit). The
+    cyclic garbage collector is off until the command's module is loaded (``resume_gc``)."""
+    _pause_gc()
     code = main()
     try:
         sys.stdout.flush()

@@ -33,6 +33,33 @@ def test_the_installed_sandbox_command_runs_without_importing_re():
     assert "sandbox.cli" in imported and "re" not in imported
 
 
+def test_the_collector_paused_for_start_up_is_back_in_a_forked_child_and_on_resume():
+    """``sandbox`` runs its start-up with the cyclic collector off (``cli._pause_gc``); a
+    process forked meanwhile (a container's PID 1, which may live for days) has it back at
+    once, and ``resume_gc`` brings it back here. Run in a fresh interpreter: the pause is
+    for a whole process."""
+    code = """
+import gc, os, sys
+from sandbox import cli
+cli._pause_gc()
+assert not gc.isenabled()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(w, b"child:%d" % gc.isenabled())
+    os._exit(0)
+os.waitpid(pid, 0)
+child = os.read(r, 64).decode()
+paused = gc.isenabled()
+cli.resume_gc()
+print(child, "paused:%d" % paused, "resumed:%d" % gc.isenabled())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["child:1", "paused:0", "resumed:1"]
+
+
 def test_unknown_global_flag(cli):
     r = cli("--bogus", "ps")
     assert r.returncode == 125 and "unknown flag: --bogus" in r.stderr
