@@ -1,5 +1,4 @@
-"""``inspect`` in Docker's JSON shape, ``top`` and ``stats`` from ``/proc``, and the
-``hostconfig.json`` record written at create time."""
+"""``inspect`` in Docker's JSON shape, ``top`` and ``stats`` from ``/proc``."""
 
 from __future__ import annotations
 
@@ -12,53 +11,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from sandbox.containers import Engine, RunOptions
-    from sandbox.images import Image
-    from sandbox.lifecycle import ContainerState, HostOptions
+    from sandbox.containers import Engine
+    from sandbox.lifecycle import ContainerState
 
-__all__ = ["hostconfig_record", "inspect_container", "top_rows", "sample_stats",
-           "format_template"]
+__all__ = ["inspect_container", "top_rows", "sample_stats", "format_template"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def hostconfig_record(image: Image, opts: RunOptions, host: HostOptions,
-                      volumes: list[dict[str, Any]], cmd: list[str]) -> dict[str, Any]:
-    ports = [{"container_port": b.container_port, "proto": b.proto, "host_ip": b.host_ip,
-              "host_port": b.host_port} for b in host.ports]
-    if host.publish_all:
-        have = {f"{p['container_port']}/{p['proto']}" for p in ports}
-        for key in (image.run_config.get("ExposedPorts") or {}):
-            num, _, proto = key.partition("/")
-            if f"{num}/{proto or 'tcp'}" not in have:
-                ports.append({"container_port": int(num), "proto": proto or "tcp",
-                              "host_ip": "", "host_port": 0})
-    if opts.network == "host":
-        ports = []
-    return {
-        "ports": ports, "publish_all": host.publish_all, "restart": host.restart,
-        "stop_signal": host.stop_signal,
-        "image_stop_signal": image.run_config.get("StopSignal") or "",
-        "stop_timeout": host.stop_timeout, "init": host.init, "ulimits": list(host.ulimits),
-        "add_hosts": list(host.add_hosts), "dns": list(host.dns),
-        "dns_search": list(host.dns_search), "memory": host.memory,
-        "nano_cpus": host.nano_cpus, "pids_limit": host.pids_limit,
-        "log_max_size": _size(host.log_opts.get("max-size")),
-        "log_max_file": int(host.log_opts.get("max-file") or 0),
-        "volumes": volumes, "cmd": list(cmd),
-        "exposed": sorted(image.run_config.get("ExposedPorts") or {}),
-        "image_volumes": sorted(image.run_config.get("Volumes") or {}),
-        "labels_image": image.run_config.get("Labels") or {},
-    }
-
-
-def _size(text: str | None) -> int:
-    if not text:
-        return 0
-    from sandbox._logs import parse_size
-
-    return parse_size(text)
 
 
 def _created(cfg: dict[str, Any]) -> str:

@@ -233,8 +233,6 @@ def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
            host: HostOptions | None = None) -> ContainerSpec:
     """``docker create``: the spec, the volumes and ``hostconfig.json``; status ``created``
     (``_cstate.read_state`` of a container without ``state.json``)."""
-    from sandbox._inspect import hostconfig_record
-
     host = host or HostOptions()
     img = engine.images.get(image)
     if any(m.type == "volume" for m in opts.mounts) or img.run_config.get("Volumes"):
@@ -245,13 +243,53 @@ def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
         mounts, vol_records = opts.mounts, []
     spec = engine.create(image, cmd, replace(opts, mounts=mounts))
     try:
-        cs.write_hostconfig(spec.container_dir, hostconfig_record(img, opts, host, vol_records,
-                                                                  cmd))
+        cs.write_hostconfig(spec.container_dir,
+                            _hostconfig_record(img, opts, host, vol_records, cmd))
         _write_net_files(spec, host)  # no state.json yet: that is status "created"
     except BaseException:
         _ctl.remove_container_dir(engine, spec.id)
         raise
     return spec
+
+
+def _hostconfig_record(image: Image, opts: RunOptions, host: HostOptions,
+                       volumes: list[dict[str, Any]], cmd: list[str]) -> dict[str, Any]:
+    """What ``hostconfig.json`` records at create time: the host side of the container (ports,
+    restart policy, stop signal, limits, log options, volumes)."""
+    ports = [{"container_port": b.container_port, "proto": b.proto, "host_ip": b.host_ip,
+              "host_port": b.host_port} for b in host.ports]
+    if host.publish_all:
+        have = {f"{p['container_port']}/{p['proto']}" for p in ports}
+        for key in (image.run_config.get("ExposedPorts") or {}):
+            num, _, proto = key.partition("/")
+            if f"{num}/{proto or 'tcp'}" not in have:
+                ports.append({"container_port": int(num), "proto": proto or "tcp",
+                              "host_ip": "", "host_port": 0})
+    if opts.network == "host":
+        ports = []
+    return {
+        "ports": ports, "publish_all": host.publish_all, "restart": host.restart,
+        "stop_signal": host.stop_signal,
+        "image_stop_signal": image.run_config.get("StopSignal") or "",
+        "stop_timeout": host.stop_timeout, "init": host.init, "ulimits": list(host.ulimits),
+        "add_hosts": list(host.add_hosts), "dns": list(host.dns),
+        "dns_search": list(host.dns_search), "memory": host.memory,
+        "nano_cpus": host.nano_cpus, "pids_limit": host.pids_limit,
+        "log_max_size": _log_size(host.log_opts.get("max-size")),
+        "log_max_file": int(host.log_opts.get("max-file") or 0),
+        "volumes": volumes, "cmd": list(cmd),
+        "exposed": sorted(image.run_config.get("ExposedPorts") or {}),
+        "image_volumes": sorted(image.run_config.get("Volumes") or {}),
+        "labels_image": image.run_config.get("Labels") or {},
+    }
+
+
+def _log_size(text: str | None) -> int:
+    if not text:
+        return 0
+    from sandbox._logs import parse_size
+
+    return parse_size(text)
 
 
 def _write_net_files(spec: ContainerSpec, host: HostOptions) -> None:
