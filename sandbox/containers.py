@@ -8,6 +8,7 @@ mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname
 
 from __future__ import annotations
 
+import binascii
 import os
 import stat
 import time
@@ -146,7 +147,7 @@ class Engine:
     # -- names: ``container-names/NAME`` → container id, symlinks --------------------------------
     # One readlink resolves a name, and the symlink is created atomically under the names lock:
     # two ``run --name x`` at once cannot both get x, and nothing reads every container's
-    # config to find one.
+    # config to find one. The link holds the id in base64 (``_name_link``).
     def _names_dir(self) -> str:
         return self.store.path("container-names")
 
@@ -159,7 +160,7 @@ class Engine:
             os.makedirs(tmp, 0o700, exist_ok=True)
             for name, cid in self.container_names().items():
                 if name and not os.path.lexists(os.path.join(tmp, name)):
-                    os.symlink(cid, os.path.join(tmp, name))
+                    os.symlink(_name_link(cid), os.path.join(tmp, name))
             os.rename(tmp, index)
         return index
 
@@ -171,8 +172,8 @@ class Engine:
             with self.store.lock("names"):
                 self._ensure_name_index()
         try:
-            cid = os.readlink(os.path.join(self._names_dir(), name))
-        except OSError:
+            cid = _link_cid(os.readlink(os.path.join(self._names_dir(), name)))
+        except (OSError, ValueError):
             return None
         return cid if len(cid) == 64 and os.path.isdir(self.store.container_dir(cid)) else None
 
@@ -182,7 +183,7 @@ class Engine:
         link = os.path.join(self._ensure_name_index(), name)
         if os.path.lexists(link):
             os.unlink(link)
-        os.symlink(cid, link)
+        os.symlink(_name_link(cid), link)
 
     def release_name(self, cid: str, name: str | None = None) -> None:
         """Drop the name of container ``cid`` (when it is removed)."""
@@ -196,9 +197,9 @@ class Engine:
         for n in candidates:
             link = os.path.join(index, n)
             try:
-                if os.readlink(link) == cid:
+                if _link_cid(os.readlink(link)) == cid:
                     os.unlink(link)
-            except OSError:
+            except (OSError, ValueError):
                 continue
 
     def container_names(self) -> dict[str, str]:
@@ -413,6 +414,36 @@ class Engine:
             from sandbox.runtime.userns import run_in_userns
 
             run_in_userns(_rm_container, self.store.root, cdir, mapping=self.mapping)
+
+
+def _name_link(cid: str) -> str:
+    """What a name's link in ``container-names`` holds: the id's 32 bytes in URL-safe base64,
+    43 characters. ext4 keeps a link target under 60 bytes in the inode; the id's 64 hex
+    characters took a block of their own, allocated when the link was made and freed (with a
+    discard, where the store's filesystem is mounted with one) when it was removed: 0.1-0.3 ms
+    of every ``run --rm``."""
+    return binascii.b2a_base64(bytes.fromhex(cid), newline=False).decode().translate(
+        _TO_URLSAFE).rstrip("=")
+
+
+def _link_cid(target: str) -> str:
+    """The container id in a name's link (``_name_link``; 64 hex characters, as links made
+    before it held, are taken as they are). ``ValueError`` if it is neither."""
+    if len(target) == 64:
+        return target
+    if len(target) != 43:
+        raise ValueError(f"not a container id: {target!r}")
+    try:
+        raw = binascii.a2b_base64(target.translate(_FROM_URLSAFE) + "=", strict_mode=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"not a container id: {target!r}")
+    return raw.hex()
+
+
+_TO_URLSAFE = str.maketrans("+/", "-_")
+_FROM_URLSAFE = str.maketrans("-_", "+/")
 
 
 def write_container_files(spec: ContainerSpec) -> None:

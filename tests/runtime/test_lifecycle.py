@@ -13,7 +13,7 @@ import pytest
 
 from sandbox import _cstate as cs
 from sandbox import lifecycle as lc
-from sandbox.containers import RunOptions
+from sandbox.containers import RunOptions, _link_cid, _name_link
 from sandbox.errors import SandboxError
 
 pytestmark = pytest.mark.requires_userns
@@ -544,7 +544,9 @@ def test_container_names_index(engine, session_store: Path):
     base = f"idx{os.getpid()}"
     s = run_d(engine, ["sleep", "30"], name=f"{base}-a")
     assert engine.resolve_container(f"{base}-a") == s.id
-    assert os.readlink(session_store / "container-names" / f"{base}-a") == s.id
+    link = os.readlink(session_store / "container-names" / f"{base}-a")
+    assert len(link) < 60  # kept in the inode: no block to allocate and free (_name_link)
+    assert _link_cid(link) == s.id
     lc.rename(engine, s.id, f"{base}-b")
     assert engine.resolve_container(f"{base}-b") == s.id
     assert engine.name_owner(f"{base}-a") is None
@@ -558,6 +560,20 @@ def test_container_names_index(engine, session_store: Path):
     spec = lc.create(engine, "busybox", ["true"], RunOptions(name=f"{base}-c"))
     engine.made.append(spec.id)
     assert engine.resolve_container(f"{base}-c") == spec.id
+    # a link as engines before _name_link made it (the id in hex) still resolves
+    os.unlink(session_store / "container-names" / f"{base}-c")
+    os.symlink(spec.id, session_store / "container-names" / f"{base}-c")
+    assert engine.resolve_container(f"{base}-c") == spec.id
+    assert engine.name_owner(f"{base}-c") == spec.id
+
+
+def test_name_links_round_trip_and_refuse_garbage():
+    cid = os.urandom(32).hex()
+    assert _link_cid(_name_link(cid)) == cid and len(_name_link(cid)) == 43
+    assert _link_cid(cid) == cid
+    for bad in ("", "x" * 43 + "!", "short", "%" * 43):
+        with pytest.raises(ValueError):
+            _link_cid(bad)
 
 
 def test_one_name_one_container_under_concurrent_creates(cli, busybox_image):
