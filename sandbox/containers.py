@@ -246,8 +246,16 @@ class Engine:
         return tuple(entry + args)
 
     def _rootfs(self, image: Image, cdir: str, driver: str, scratch: bool) -> RootfsSpec:
-        upper, work, mnt = (os.path.join(cdir, d) for d in ("upper", "work", "rootfs"))
-        for d in (upper, work, mnt):
+        upper, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
+        if driver == "overlay":
+            # kernel overlayfs is mounted in the container's own mount namespace, so one empty
+            # directory of the store serves every container as the mount point (a directory
+            # per container cost a mkdir and an rmdir, the rmdir a block freed)
+            mnt = self.store.path("mnt")
+        else:  # a FUSE server's mount point, or the copy's
+            mnt = os.path.join(cdir, "rootfs")
+            os.mkdir(mnt, 0o755)
+        for d in (upper, work):
             os.mkdir(d, 0o755)
         if image.builtin:
             # a layer in memory gets its skeleton in memory (runtime.init._mount_scratch)

@@ -10,6 +10,9 @@ Layout (see DESIGN.md "On disk")::
                                                             the runtime's mount points, a
                                                             lower layer over every image
       containers/<id>/...                                   one directory per container
+      mnt/                                                  where kernel overlayfs mounts a
+                                                            container's root, each in the
+                                                            container's own mount namespace
       volumes/<name>/
       tmp/                                                  staging; renamed into place
       locks/<name>.lock                                     flock(2) files
@@ -318,7 +321,7 @@ class Store:
                 raise StoreError(f"store {self.root} has version {version}, this sandbox "
                                  f"reads version {STORE_VERSION}",
                                  hint="use another --root or upgrade sandbox")
-            for sub in ("blobs/sha256", "layers", "containers", "volumes", "tmp", "locks"):
+            for sub in ("blobs/sha256", "layers", "containers", "volumes", "tmp", "locks", "mnt"):
                 os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
             if version is None:
                 _spread_subdirectories(self.path("containers"))

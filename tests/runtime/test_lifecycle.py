@@ -43,6 +43,25 @@ def test_run_detached_returns_running_state_with_host_pids(engine):
     assert s.id in [c.id for c in lc.list_containers(engine)]
 
 
+def test_containers_share_the_overlay_mount_point_each_in_its_own_namespace(engine):
+    """Kernel overlayfs mounts every container's root at the store's ``mnt/``, each in the
+    container's own mount namespace: two running at once see their own files, the host sees
+    an empty directory, and no container directory holds a ``rootfs/``."""
+    a = run_d(engine, ["sh", "-c", "echo a > /mine; exec sleep 30"])
+    b = run_d(engine, ["sh", "-c", "echo b > /mine; exec sleep 30"])
+    if engine.load_config(a.id)["spec"]["rootfs"]["driver"] != "overlay":
+        pytest.skip("the kernel overlay driver is not in use")
+    time.sleep(0.1)
+    assert lc.exec_run(engine, a.id, ["cat", "/mine"]).stdout == b"a\n"
+    assert lc.exec_run(engine, b.id, ["cat", "/mine"]).stdout == b"b\n"
+    mnt = engine.store.path("mnt")
+    assert os.listdir(mnt) == [] and not os.path.ismount(mnt)
+    for s in (a, b):
+        cdir = engine.store.container_dir(s.id)
+        assert engine.load_config(s.id)["spec"]["rootfs"]["mountpoint"] == mnt
+        assert not os.path.exists(os.path.join(cdir, "rootfs"))
+
+
 def test_exec_sees_the_same_processes_files_and_hostname(engine):
     s = run_d(engine, ["sh", "-c", "echo marker > /tmp/m; exec sleep 30"], hostname="boxy")
     time.sleep(0.1)
