@@ -308,12 +308,15 @@ class Engine:
         return RootfsSpec(driver="overlay", lowers=tuple(lowers), upper=upper, work=work,
                           mountpoint=mnt, host=True, binds=tuple(binds), tmpfs=tuple(tmpfs))
 
-    def create(self, image_ref: str, cmd: list[str], opts: RunOptions) -> ContainerSpec:
-        """Make the container's directory and spec (``docker create``)."""
+    def create(self, image_ref: str, cmd: list[str], opts: RunOptions,
+               image: Image | None = None) -> ContainerSpec:
+        """Make the container's directory and spec (``docker create``); ``image``: what
+        ``image_ref`` names, where the caller has looked it up already."""
         from sandbox.drivers import select_driver
 
         self.store.ensure()
-        image = self.images.get(image_ref)
+        if image is None:
+            image = self.images.get(image_ref)
         if opts.name:
             _check_name(opts.name)
         choice = select_driver(self.store, opts.storage_driver or self.storage_driver)

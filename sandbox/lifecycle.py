@@ -241,7 +241,7 @@ def create(engine: Engine, image: str, cmd: list[str], opts: RunOptions,
         mounts, vol_records = volumes.prepare_mounts(engine, img, opts.mounts)
     else:
         mounts, vol_records = opts.mounts, []
-    spec = engine.create(image, cmd, replace(opts, mounts=mounts))
+    spec = engine.create(image, cmd, replace(opts, mounts=mounts), img)
     try:
         cs.write_hostconfig(spec.container_dir,
                             _hostconfig_record(img, opts, host, vol_records, cmd))
