@@ -2,8 +2,9 @@
 
 A container is a directory ``containers/<id>/`` holding ``config.json`` (the spec and what
 created it), ``state.json`` (lifecycle), ``upper/`` and ``work/`` (the writable layer), the
-mount point ``rootfs/`` and the files bound over ``/etc/hosts``, ``/etc/hostname`` and
-``/etc/resolv.conf``.
+files bound over ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``, and with the fuse
+and copy drivers the mount point ``rootfs/`` (kernel overlayfs mounts at the store's ``mnt/``,
+in the container's own mount namespace).
 """
 
 from __future__ import annotations
