@@ -367,40 +367,6 @@ def test_a_failing_newuidmap_is_one_line_and_leaves_nothing(cli, busybox_image, 
     assert set(os.listdir(session_store / "containers")) <= before
 
 
-@pytest.mark.requires_subuid
-def test_entering_a_mapped_user_namespace_leaves_no_child():
-    """``enter_user_namespace`` with subuid ranges: a child makes the namespace, the map tools
-    map it from outside, we join it; once ``reap_maker`` has run, no child is left."""
-    from sandbox.runtime.idmap import detect_mapping
-
-    mapping = detect_mapping()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child: the namespace is ours from here on
-        code = 1
-        try:
-            from sandbox.runtime import userns
-
-            userns.enter_user_namespace(mapping)
-            userns.reap_maker()
-            try:
-                os.waitpid(-1, os.WNOHANG)
-                code = 2  # a child left
-            except ChildProcessError:
-                with open("/proc/self/uid_map") as f:
-                    os.write(w, f.read().encode())
-                code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        maps = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert [line.split() for line in maps.splitlines()] == [
-        [str(m.container_id), str(m.host_id), str(m.size)] for m in mapping.uid_map]
-
-
 def _in_child(func) -> str:
     """Run ``func`` in a forked child (whose namespaces it may change) and return what it
     returned; a failure in the child fails the test with its message."""
@@ -431,6 +397,36 @@ def _no_child_left() -> bool:
     except ChildProcessError:
         return True
     return False
+
+
+@pytest.mark.requires_subuid
+def test_entering_a_mapped_user_namespace_leaves_no_child():
+    """``enter_user_namespace`` with subuid ranges: a cloned child holds the namespace, the map
+    tools map it from outside, we join it; once ``reap_maker`` has run, no child is left."""
+    mapping = detect_mapping()
+
+    def check() -> str:
+        from sandbox.runtime import userns
+
+        userns.enter_user_namespace(mapping)
+        return _reaped_uid_map()
+
+    assert _in_child(check) == _uid_map_text(mapping)
+
+
+def _reaped_uid_map() -> str:
+    """After ``enter_user_namespace``, in the child: the holder reaped, no child left, and the
+    uid map we now have."""
+    from sandbox.runtime import userns
+
+    userns.reap_maker()
+    assert _no_child_left()
+    with open("/proc/self/uid_map") as f:
+        return " ".join(f.read().split())
+
+
+def _uid_map_text(mapping) -> str:
+    return " ".join(f"{m.container_id} {m.host_id} {m.size}" for m in mapping.uid_map)
 
 
 def test_a_namespace_holder_is_cloned_into_its_own_user_namespace_and_reaped():
@@ -471,14 +467,9 @@ def test_a_prepared_user_namespace_is_the_one_entered():
         userns.enter_user_namespace(mapping)
         assert userns._PREPARED is None
         assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder.pid}/ns/user")
-        userns.reap_maker()
-        assert _no_child_left()
-        with open("/proc/self/uid_map") as f:
-            return f.read()
+        return _reaped_uid_map()
 
-    maps = _in_child(check)
-    assert [line.split() for line in maps.splitlines()] == [
-        [str(m.container_id), str(m.host_id), str(m.size)] for m in detect_mapping().uid_map]
+    assert _in_child(check) == _uid_map_text(detect_mapping())
 
 
 @pytest.mark.requires_subuid
