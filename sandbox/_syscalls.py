@@ -177,20 +177,23 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_lib().setns(fd, nstype), "setns")
 
 
-def clone_holder(flags: int) -> tuple[int, Any]:
+def clone_holder(flags: int, seconds: int) -> tuple[int, Any]:
     """A child process, in new namespaces (``flags``, ``CLONE_NEW*``), that only holds them: it
-    sleeps in pause(2) until it is killed. Returns its pid and its stack, which the caller keeps
-    until the child is reaped.
+    sleeps, at most ``seconds``, until it is killed. Returns its pid and its stack, which the
+    caller keeps until the child is reaped.
 
-    It is clone(2) with ``CLONE_VM``: the child runs libc's ``pause`` on a stack of its own in
+    It is clone(2) with ``CLONE_VM``: the child runs libc's ``sleep`` on a stack of its own in
     this process's memory, where a fork would copy the page tables and make every page this
     process writes afterwards fault once. The namespaces exist when clone returns, so there is
     no handshake; ``SIGCHLD`` reports its exit as a fork's would. It shares no file table, fs
     or signal handlers, so ``setns`` into its user namespace stays allowed for this process.
+    A bare libc call cannot ask for a parent-death signal: ``seconds`` bounds how long it
+    outlives a caller killed before it could kill the child.
     """
     lib = _lib()
-    stack, top = lib.stack(64 * 1024)  # pause needs little; a signal handler run there, more
-    pid = lib.clone(lib.pause, lib.c_ulong(top), flags | CLONE_VM | _signal.SIGCHLD, None)
+    stack, top = lib.stack(64 * 1024)  # sleep needs little; a signal handler run there, more
+    pid = lib.clone(lib.sleep, lib.c_ulong(top), flags | CLONE_VM | _signal.SIGCHLD,
+                    lib.c_ulong(seconds))
     _check(pid, "clone")
     return pid, stack
 

@@ -138,7 +138,7 @@ def enter_user_namespace(mapping: IdMapping) -> None:
         _INSIDE = mapping
         return
     holder, _PREPARED = _PREPARED, None
-    if holder is not None and holder.mapping is not mapping:
+    if holder is not None and (holder.mapping is not mapping or holder.gone()):
         holder.discard()
         holder = None
     if holder is None:
@@ -174,8 +174,13 @@ class _Holder:
 
     __slots__ = ("mapping", "pid", "stack", "pending", "started")
 
+    # How long the holder may outlive us should we be killed before we kill it: it is a bare
+    # libc sleep, with no parent-death signal. Far longer than any wait for the maps; a
+    # prepared holder gone by the time it is needed is replaced (``gone``).
+    SECONDS = 60
+
     def __init__(self, mapping: IdMapping) -> None:
-        self.pid, self.stack = sc.clone_holder(sc.CLONE_NEWUSER)  # OSError: no namespace
+        self.pid, self.stack = sc.clone_holder(sc.CLONE_NEWUSER, self.SECONDS)  # OSError
         self.mapping = mapping
         self.pending = map_tool_argvs(self.pid, mapping) if mapping.mode == "subuid" else []
         self.started: list[tuple[str, int]] = []
@@ -198,6 +203,13 @@ class _Holder:
         except OSError as exc:
             raise MapError(exc.errno, f"{self.pending[0][0]}: {exc.strerror}") from None
         wait_map_tools(self.pid, self.started)
+
+    def gone(self) -> bool:
+        """Whether the holder has ended (its time ran out, or a signal ended it)."""
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
     def discard(self) -> None:
         """No process of it left: the tools reaped, the holder killed and reaped."""

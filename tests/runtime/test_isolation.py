@@ -434,7 +434,7 @@ def test_a_namespace_holder_is_cloned_into_its_own_user_namespace_and_reaped():
     def check() -> str:
         from sandbox import _syscalls as sc
 
-        pid, _stack = sc.clone_holder(sc.CLONE_NEWUSER)
+        pid, _stack = sc.clone_holder(sc.CLONE_NEWUSER, 60)
         theirs = os.readlink(f"/proc/{pid}/ns/user")
         assert theirs != os.readlink("/proc/self/ns/user")
         time.sleep(0.05)
@@ -446,7 +446,23 @@ def test_a_namespace_holder_is_cloned_into_its_own_user_namespace_and_reaped():
         assert _no_child_left()
         return state
 
-    assert _in_child(check) == "S"  # asleep in pause(2)
+    assert _in_child(check) == "S"  # asleep
+
+
+def test_a_namespace_holder_ends_by_itself_when_its_time_is_up():
+    """A holder is a bare libc sleep with no parent-death signal: should its creator be killed
+    before killing it, it ends on its own after ``seconds``."""
+    def check() -> str:
+        from sandbox import _syscalls as sc
+
+        start = time.monotonic()
+        pid, _stack = sc.clone_holder(sc.CLONE_NEWUSER, 1)
+        _, status = os.waitpid(pid, 0)
+        took = time.monotonic() - start
+        assert os.WIFEXITED(status) and 0.9 < took < 10, (status, took)
+        return "ok"
+
+    assert _in_child(check) == "ok"
 
 
 @pytest.mark.requires_subuid
@@ -467,6 +483,28 @@ def test_a_prepared_user_namespace_is_the_one_entered():
         userns.enter_user_namespace(mapping)
         assert userns._PREPARED is None
         assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder.pid}/ns/user")
+        return _reaped_uid_map()
+
+    assert _in_child(check) == _uid_map_text(detect_mapping())
+
+
+@pytest.mark.requires_subuid
+def test_a_prepared_holder_that_has_ended_is_replaced():
+    """A prepared namespace whose holder has ended by the time it is entered (its time ran
+    out) is discarded, and a fresh one is made and mapped."""
+    def check() -> str:
+        from sandbox.runtime import userns
+
+        mapping = detect_mapping()
+        userns.prepare_user_namespace(mapping)
+        old = userns._PREPARED
+        assert old is not None
+        os.kill(old.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, old.pid, os.WEXITED | os.WNOWAIT)
+        before = os.readlink("/proc/self/ns/user")
+        userns.enter_user_namespace(mapping)
+        assert os.readlink("/proc/self/ns/user") != before  # entered a fresh one
+        assert not os.path.exists(f"/proc/{old.pid}")  # the old holder reaped with its tools
         return _reaped_uid_map()
 
     assert _in_child(check) == _uid_map_text(detect_mapping())
