@@ -73,6 +73,14 @@ def _join(pid: int) -> None:
             os.close(fd)
 
 
+def _unavailable(exc: OSError) -> UserNamespaceUnavailable:
+    """The one-line error for a user namespace the kernel would not make (why, from its
+    settings: ``init.userns_failure_message``)."""
+    from sandbox.runtime.init import userns_failure_message
+
+    return UserNamespaceUnavailable(userns_failure_message(exc.errno or 0))
+
+
 def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 go_r: int, out_w: int, ready_w: int, join_pid: int) -> None:
     import pickle
@@ -86,9 +94,7 @@ def _child_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
             try:
                 sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
             except OSError as exc:
-                from sandbox.runtime.init import userns_failure_message
-
-                raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+                raise _unavailable(exc) from None
             os.write(ready_w, b"U")
             if os.read(go_r, 1) != b"M":
                 raise UserNamespaceUnavailable("the uid/gid maps could not be written")
@@ -116,8 +122,8 @@ def enter_user_namespace(mapping: IdMapping) -> None:
     (in a namespace without maps our own files are no longer ours: the container directory could
     not be removed). A child cloned into a new user namespace holds it (``clone_holder``: no
     fork of this process), we map it and join it, and kill the child; ``reap_maker`` collects
-    it once the container is done. Single-uid mode takes that
-    way too where AppArmor restricts unprivileged namespaces (own maps are refused there).
+    it once the container is done. Single-uid mode takes that way too where AppArmor restricts
+    unprivileged namespaces (own maps are refused there).
 
     Afterwards ``run_in_userns`` calls its function here: this process is root of a namespace
     with the same maps already (and a fork would put the child in the container's PID
@@ -128,9 +134,7 @@ def enter_user_namespace(mapping: IdMapping) -> None:
         try:
             sc.unshare(sc.CLONE_NEWUSER)
         except OSError as exc:
-            from sandbox.runtime.init import userns_failure_message
-
-            raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+            raise _unavailable(exc) from None
         try:
             write_maps(os.getpid(), mapping)
         except MapError as exc:  # not seen outside AppArmor's restriction, checked above
@@ -145,9 +149,7 @@ def enter_user_namespace(mapping: IdMapping) -> None:
         try:
             holder = _Holder(mapping)
         except OSError as exc:
-            from sandbox.runtime.init import userns_failure_message
-
-            raise UserNamespaceUnavailable(userns_failure_message(exc.errno or 0)) from None
+            raise _unavailable(exc) from None
     try:
         try:
             holder.finish()
