@@ -24,3 +24,13 @@ def kill_and_reap(pid: int, sig: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+
+
+def exited(pid: int) -> bool:
+    """Whether our child ``pid`` has ended, left unreaped (a zombie, or already reaped)."""
+    import os
+
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True

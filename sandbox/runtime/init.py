@@ -412,7 +412,7 @@ def _exec_settled(pid: int) -> None:
                     return
         except OSError:
             return  # gone already
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        if signal.exited(pid):
             return  # exited already (a zombie's cmdline is empty too); reaped later
         os.sched_yield()
 

@@ -208,10 +208,7 @@ class _Holder:
 
     def gone(self) -> bool:
         """Whether the holder has ended (its time ran out, or a signal ended it)."""
-        try:
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
+        return signal.exited(self.pid)
 
     def discard(self) -> None:
         """No process of it left: the tools reaped, the holder killed and reaped."""
