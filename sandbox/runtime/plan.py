@@ -43,10 +43,10 @@ _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 class MountOp:
     """One setup step.
 
-    ``kind`` is one of: ``lo_up``, ``rslave``, ``mount``, ``bind`` (``flags`` may add ``MS_REC``;
-    it makes its target, a file or a directory as the source is),
-    ``remount_ro`` (an existing mount point), ``readonly`` (bind onto itself, then
-    ``remount_ro``), ``mkdir``, ``rmdir``, ``unlink``, ``symlink``, ``mask``,
+    ``kind`` is one of: ``lo_up``, ``rslave``, ``mount`` (it makes its target directory when
+    missing), ``bind`` (``flags`` may add ``MS_REC``; it makes its missing target, a file or a
+    directory as the source is), ``remount_ro`` (an existing mount point), ``readonly`` (bind
+    onto itself, then ``remount_ro``), ``rmdir``, ``unlink``, ``symlink``, ``mask``,
     ``pivot_root``, ``hostname``.
     ``in_root`` targets are container paths resolved inside the rootfs with ``resolve_in_root``
     at execution time; other targets are host paths. ``optional`` steps are
@@ -130,13 +130,10 @@ def _dev_ops(spec: ContainerSpec) -> list[MountOp]:
     if spec.map_mode == "subuid":
         pts_data += ",gid=5"
     ops += [
-        MountOp("mkdir", "/dev/pts", in_root=True),
         MountOp("mount", "/dev/pts", source="devpts", fstype="devpts",
                 flags=sc.MS_NOSUID | sc.MS_NOEXEC, data=pts_data, in_root=True),
-        MountOp("mkdir", "/dev/shm", in_root=True),
         MountOp("mount", "/dev/shm", source="shm", fstype="tmpfs",
                 flags=_NOSUID_NODEV_NOEXEC, data="mode=1777,size=65536k", in_root=True),
-        MountOp("mkdir", "/dev/mqueue", in_root=True),
         MountOp("mount", "/dev/mqueue", source="mqueue", fstype="mqueue",
                 flags=_NOSUID_NODEV_NOEXEC, in_root=True, optional=True),
     ]
@@ -146,12 +143,8 @@ def _dev_ops(spec: ContainerSpec) -> list[MountOp]:
 
 
 def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
-    ops = [
-        MountOp("mkdir", "/proc", in_root=True),
-        MountOp("mount", "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC,
-                in_root=True),
-        MountOp("mkdir", "/sys", in_root=True),
-    ]
+    ops = [MountOp("mount", "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC,
+                   in_root=True)]
     if spec.network == "host":
         # sysfs can only be mounted by the owner of the network namespace: bind the host's.
         ops += [MountOp("bind", "/sys", source="/sys", flags=sc.MS_REC, in_root=True),
@@ -170,21 +163,17 @@ def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
 
 
 def _etc_ops(spec: ContainerSpec) -> list[MountOp]:
-    ops = [MountOp("mkdir", "/etc", in_root=True)]
-    for name in ("hosts", "hostname", "resolv.conf"):
-        ops.append(MountOp("bind", f"/etc/{name}", source=f"{spec.container_dir}/{name}",
-                           in_root=True))
-    return ops
+    return [MountOp("bind", f"/etc/{name}", source=f"{spec.container_dir}/{name}", in_root=True)
+            for name in ("hosts", "hostname", "resolv.conf")]
 
 
 def _user_mount_ops(spec: ContainerSpec) -> list[MountOp]:
     ops: list[MountOp] = []
     for m in spec.mounts:
         if m.type == "tmpfs":
-            ops += [MountOp("mkdir", m.target, in_root=True),
-                    MountOp("mount", m.target, source="tmpfs", fstype="tmpfs",
-                            flags=sc.MS_NOSUID | sc.MS_NODEV,
-                            data=",".join(m.options) or "mode=1777", in_root=True)]
+            ops.append(MountOp("mount", m.target, source="tmpfs", fstype="tmpfs",
+                               flags=sc.MS_NOSUID | sc.MS_NODEV,
+                               data=",".join(m.options) or "mode=1777", in_root=True))
             continue
         ops.append(MountOp("bind", m.target, source=m.source, flags=sc.MS_REC, in_root=True))
         if m.readonly:

@@ -560,3 +560,18 @@ def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path:
         return str(exc.value)
 
     assert _in_child(check).startswith(f"cannot write the uid/gid maps: {expected}")
+
+
+def test_mounts_make_the_targets_the_image_lacks(cli, busybox_image, tmp_path):
+    """A bind or tmpfs whose target is not in the image gets it made (a directory or a file as
+    the source is, parents too), as Docker does; the image's own targets are used as they are."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "in-dir").write_text("dir\n")
+    (tmp_path / "f").write_text("file\n")
+    r = cli("run", "--rm", "-v", f"{tmp_path / 'd'}:/new/deep/dir:ro",
+            "-v", f"{tmp_path / 'f'}:/also/new/file", "--tmpfs", "/scratch/t",
+            busybox_image, "sh", "-c",
+            "cat /new/deep/dir/in-dir /also/new/file; [ -f /also/new/file ] && echo is-file; "
+            "grep -c ' /scratch/t tmpfs ' /proc/mounts; touch /new/deep/dir/x || echo ro")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:5] == ["dir", "file", "is-file", "1", "ro"]

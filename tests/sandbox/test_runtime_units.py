@@ -219,7 +219,7 @@ def test_plan_targets_resolve_as_resolve_in_root_does_across_steps(tmp_path: Pat
     # a step makes /etc a directory of its own: what was resolved through the link is gone
     (root / "etc").unlink()
     (root / "etc").mkdir()
-    paths.changed(MountOp("mkdir", "/etc", in_root=True))
+    paths.changed(MountOp("mount", "/etc", source="tmpfs", in_root=True))
     assert paths.path(MountOp("bind", "/etc/hosts", in_root=True)) == str(root / "etc" / "hosts")
     assert paths.path(MountOp("bind", "/x", source="/host")) == "/x"  # not in_root: as given
 
