@@ -172,8 +172,9 @@ def _rm_in_userns(root: str, path: str) -> None:
     rm_rf(path, under=root)
 
 
-def remove_container_dir(engine: Engine, cid: str) -> None:
-    """``Engine.remove_dir``, and in the user namespace whatever it could not remove.
+def remove_container_dir(engine: Engine, cid: str, name: str | None = None) -> None:
+    """``Engine.remove_dir`` (``name``: the container's, when the caller knows it), and in the
+    user namespace whatever it could not remove.
 
     Files of the subordinate range in a mode-0700 directory cannot be removed, nor chmodded, by
     the user outside: the store's chmod-and-retry then fails (even recursing without end), so
@@ -181,7 +182,7 @@ def remove_container_dir(engine: Engine, cid: str) -> None:
     """
     cdir = engine.store.container_dir(cid)
     try:
-        engine.remove_dir(cid)
+        engine.remove_dir(cid, name)
     except (OSError, RecursionError):
         pass
     if os.path.lexists(cdir):

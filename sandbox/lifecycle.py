@@ -447,7 +447,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
             pass
     def remove_now(_code: int) -> None:  # the command has exited; G is still tearing down
         if spec.remove and os.path.exists(cdir):
-            _ctl.remove_container_dir(engine, spec.id)
+            _ctl.remove_container_dir(engine, spec.id, spec.name)
 
     try:
         code = rt_wait(started, proxy_tty=spec.tty, on_exit=remove_now)
@@ -457,7 +457,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
         code = started.error.exit_code
     if spec.remove:
         if os.path.exists(cdir):
-            _ctl.remove_container_dir(engine, spec.id)
+            _ctl.remove_container_dir(engine, spec.id, spec.name)
         engine.release_name(spec.id, spec.name)  # C (or remove_now) removed the directory
         _ctl.drop_volumes(engine, hc, anonymous_only=True)
     else:
