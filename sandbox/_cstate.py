@@ -13,7 +13,7 @@ import os
 import time
 
 from sandbox import _json as json
-from sandbox.store import FileLock
+from sandbox.store import FileLock, read_bytes, write_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,8 +31,7 @@ def proc_start_time(pid: int) -> int:
     if pid <= 0:
         return 0
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = read_bytes(f"/proc/{pid}/stat")
     except OSError:
         return 0
     fields = data[data.rfind(b")") + 2:].split()
@@ -76,8 +75,7 @@ def _state_path(cdir: str) -> str:
 
 def read_state(cdir: str) -> dict[str, Any]:
     try:
-        with open(_state_path(cdir), "rb") as f:
-            data: dict[str, Any] = json.loads(f.read())
+        data: dict[str, Any] = json.loads(read_bytes(_state_path(cdir)))
     except FileNotFoundError:
         return {"status": "created"}
     except ValueError:
@@ -88,8 +86,7 @@ def read_state(cdir: str) -> dict[str, Any]:
 def write_state(cdir: str, state: dict[str, Any]) -> None:
     """Atomic: a temp file in the same directory, then rename."""
     tmp = os.path.join(cdir, f".state-{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
+    write_bytes(tmp, json.dumps(state).encode())
     os.replace(tmp, _state_path(cdir))
 
 
@@ -102,17 +99,15 @@ def update_state(cdir: str, **changes: Any) -> dict[str, Any]:
 
 def read_hostconfig(cdir: str) -> dict[str, Any]:
     try:
-        with open(os.path.join(cdir, "hostconfig.json"), "rb") as f:
-            data: dict[str, Any] = json.loads(f.read())
-            return data
+        data: dict[str, Any] = json.loads(read_bytes(os.path.join(cdir, "hostconfig.json")))
+        return data
     except (OSError, ValueError):
         return {}
 
 
 def write_hostconfig(cdir: str, data: dict[str, Any]) -> None:
     tmp = os.path.join(cdir, ".hostconfig.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
+    write_bytes(tmp, json.dumps(data).encode())
     os.replace(tmp, os.path.join(cdir, "hostconfig.json"))
 
 

@@ -20,7 +20,7 @@ from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore
 from sandbox.runtime.idmap import IdMapping, detect_mapping
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
-from sandbox.store import Store
+from sandbox.store import Store, read_bytes, write_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -469,18 +469,16 @@ def write_container_files(spec: ContainerSpec) -> None:
         from sandbox.runtime.network import resolv_conf
 
         try:
-            with open("/etc/resolv.conf") as f:
-                resolv = resolv_conf(spec.network, f.read())
+            resolv = resolv_conf(spec.network,
+                                 read_bytes("/etc/resolv.conf").decode(errors="replace"))
         except OSError:
             resolv = resolv_conf(spec.network, "")
     for fname, content in (("hosts", hosts), ("hostname", spec.hostname + "\n"),
                            ("resolv.conf", resolv)):
-        with open(os.path.join(cdir, fname), "w") as f:
-            f.write(content)
+        write_bytes(os.path.join(cdir, fname), content.encode())
     record = {"id": spec.id, "name": spec.name, "created": time.time(), "spec": asdict(spec),
               "rootfs": {"lowers": list(spec.rootfs.lowers)}}
-    with open(os.path.join(cdir, "config.json"), "w") as f:
-        json.dump(record, f)
+    write_bytes(os.path.join(cdir, "config.json"), json.dumps(record).encode())
 
 
 def _init_layer_fits(lowers: tuple[str, ...]) -> bool:

@@ -59,8 +59,7 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[:1]
+        state = read_bytes(f"/proc/{pid}/stat").rpartition(b")")[2].split()[:1]
     except OSError:
         return True
     return state != [b"Z"]
@@ -215,6 +214,31 @@ def _spread_subdirectories(path: str) -> None:
         os.close(fd)
 
 
+def read_bytes(path: str) -> bytes:
+    """A whole small file. ``open(path, "rb").read()`` builds a buffered reader and spends an
+    fstat, an isatty and two seeks on it: a dozen files on every ``sandbox run``'s path."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str, data: bytes, mode: int = 0o644, *, exclusive: bool = False) -> None:
+    """Create (or truncate) ``path`` holding ``data``; as ``read_bytes``, without the io stack."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def unlink_missing_ok(path: str) -> None:
     """``os.unlink`` that lets a path already gone be."""
     try:
@@ -313,16 +337,21 @@ class Store:
         try:
             version_file = self.path("version")
             try:
-                with open(version_file) as f:
-                    version = f.read().strip()
+                version = read_bytes(version_file).decode().strip()
             except FileNotFoundError:
                 version = None
             if version is not None and version != STORE_VERSION:
                 raise StoreError(f"store {self.root} has version {version}, this sandbox "
                                  f"reads version {STORE_VERSION}",
                                  hint="use another --root or upgrade sandbox")
+            try:  # one listing, not a mkdir and two stats a directory, on every command
+                present = set(os.listdir(self.root))
+            except FileNotFoundError:
+                present = set()
             for sub in ("blobs/sha256", "layers", "containers", "volumes", "tmp", "locks", "mnt"):
-                os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
+                top = sub.partition("/")[0]
+                if top not in present or (top != sub and not os.path.isdir(self.path(sub))):
+                    os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
             if version is None:
                 _spread_subdirectories(self.path("containers"))
                 self.atomic_write(self.path("oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
@@ -397,10 +426,8 @@ class Store:
     def atomic_write(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write ``data`` to ``path`` through a temp file in the same directory and rename."""
         tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            write_bytes(tmp, data, 0o600, exclusive=True)
             os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
@@ -412,8 +439,7 @@ class Store:
 
     @staticmethod
     def read_json(path: str) -> Any:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(read_bytes(path))
 
     def rm_rf(self, path: str) -> None:
         rm_rf(path, under=self.root)
@@ -424,8 +450,7 @@ class Store:
 
     def read_blob(self, digest: str) -> bytes:
         try:
-            with open(self.blob_path(digest), "rb") as f:
-                return f.read()
+            return read_bytes(self.blob_path(digest))
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from the store",
                              hint="pull the image again") from None

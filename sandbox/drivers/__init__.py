@@ -21,7 +21,7 @@ import sys
 from sandbox import _json as json
 from sandbox._record import record
 from sandbox.errors import SandboxError, UserNamespaceUnavailable
-from sandbox.store import Store
+from sandbox.store import Store, read_bytes
 
 TYPE_CHECKING = False  # no typing import on the run path (see sandbox._record)
 if TYPE_CHECKING:
@@ -202,8 +202,7 @@ def _cache_path(store: Store) -> str:
 
 def _cached(store: Store, release: str) -> dict[str, Any]:
     try:
-        with open(_cache_path(store)) as f:
-            cached = json.load(f)
+        cached = json.loads(read_bytes(_cache_path(store)))
     except (OSError, ValueError):
         return {}
     return cached if isinstance(cached, dict) and cached.get("kernel") == release else {}

@@ -245,6 +245,15 @@ def test_a_new_store_spreads_container_directories_where_the_fs_can(tmp_path: Pa
     assert flags & 0x00020000  # FS_TOPDIR_FL, chattr +T
 
 
+def test_store_layout_comes_back_where_a_directory_was_removed_by_hand(tmp_path: Path):
+    Store(tmp_path / "s").ensure()
+    for sub in ("containers", "blobs/sha256", "locks"):
+        os.rmdir(tmp_path / "s" / sub)
+    Store(tmp_path / "s").ensure()
+    for sub in ("containers", "blobs/sha256", "locks", "layers", "tmp", "mnt", "volumes"):
+        assert (tmp_path / "s" / sub).is_dir(), sub
+
+
 def test_store_blobs_are_verified_while_streaming(tmp_path: Path):
     store = Store(tmp_path / "s").ensure()
     digest = store.put_blob(b"hello")
