@@ -407,7 +407,6 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
                    on_started: Callable[[], None] | None = None) -> int:
     """A foreground ``run``: this process owns the container (and is recorded as its owner).
     ``on_started`` is called once the container's command has started (or failed to)."""
-    from sandbox.runtime.process import has_exited
     from sandbox.runtime.process import start as rt_start
     from sandbox.runtime.process import wait as rt_wait
 
@@ -430,9 +429,7 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
             _ctl.remove_container_dir(engine, spec.id)
         raise
     me = os.getpid()
-    # An --rm container whose command has already exited (`run --rm IMAGE true`) is removed
-    # next: its running state would be written only to be deleted (a millisecond).
-    if started.error is None and not (spec.remove and has_exited(started)):
+    if started.error is None:
         kids = cs.children_of(started.init_pid)
         main = kids[0] if kids else 0
         try:

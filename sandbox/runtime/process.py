@@ -256,12 +256,6 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def has_exited(started: Started) -> bool:
-    """Whether the command of a container started inline has exited already (its status is
-    waiting on ``done_fd``; ``wait`` reads it)."""
-    return started.done_fd >= 0 and bool(select.select([started.done_fd], [], [], 0)[0])
-
-
 def wait(started: Started, *, proxy_tty: bool = False, forwarder: Forwarder | None = None,
          on_exit: Callable[[int], None] | None = None) -> int:
     """Wait for C, forwarding our signals to the container; returns its exit status.
