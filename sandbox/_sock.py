@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import _socket
 import os
-import struct
 from _socket import AF_INET, AF_UNIX, SOCK_DGRAM, SOCK_SEQPACKET, sethostname
+
+from sandbox._syscalls import pack_ints, unpack_ints
 
 __all__ = ["Socket", "socketpair", "send_fds", "recv_fds", "sethostname", "from_fd",
            "set_inheritable", "AF_INET", "AF_UNIX", "SOCK_DGRAM", "SOCK_SEQPACKET", "udp"]
@@ -37,17 +38,15 @@ def set_inheritable(sock: Socket, inheritable: bool) -> None:
 
 def send_fds(sock: Socket, buffers: list[bytes], fds: list[int]) -> int:
     return sock.sendmsg(buffers, [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                   struct.pack(f"{len(fds)}i", *fds))])
+                                   pack_ints(fds))])
 
 
 def recv_fds(sock: Socket, bufsize: int, maxfds: int,
              flags: int = 0) -> tuple[bytes, list[int], int, object]:
-    # struct, not array: importing array imports collections (a millisecond of every run)
-    size = struct.calcsize("i")
-    msg, ancdata, flags, addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * size), flags)
+    # not array: importing array imports collections (a millisecond of every run)
+    msg, ancdata, flags, addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * 4), flags)
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            count = len(data) // size
-            fds += struct.unpack(f"{count}i", data[:count * size])
+            fds += unpack_ints(data)
     return msg, fds, flags, addr

@@ -31,7 +31,6 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 import sys
 
 from sandbox import _json as json
@@ -450,7 +449,7 @@ def _exec_settled(pid: int) -> None:
 def pty_path(master_fd: int) -> str:
     """The container path of the pty whose master is ``master_fd`` (``ptsname``; ``ttyname``
     needs ``/proc/self``, which an exec helper outside the container's pid namespace lacks)."""
-    number = struct.unpack("I", fcntl.ioctl(master_fd, sc.TIOCGPTN, b"\0" * 4))[0]
+    number = sc.unpack_ints(fcntl.ioctl(master_fd, sc.TIOCGPTN, bytes(4)), signed=False)[0]
     return f"/dev/pts/{number}"
 
 

@@ -339,3 +339,15 @@ def test_run_path_does_not_import_dataclasses():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_pack_ints_is_structs_native_layout():
+    import struct
+
+    from sandbox._syscalls import pack_ints, unpack_ints
+
+    assert pack_ints((1, -2, 2**31 - 1)) == struct.pack("3i", 1, -2, 2**31 - 1)
+    assert pack_ints((0x20080522, 2**32 - 1), signed=False) == struct.pack("II", 0x20080522,
+                                                                            2**32 - 1)
+    assert unpack_ints(struct.pack("3i", 7, -1, 0) + b"\0") == [7, -1, 0]  # partial: ignored
+    assert unpack_ints(struct.pack("16sh14x", b"lo", 0x49)[16:18], 2) == [0x49]
