@@ -72,12 +72,15 @@ def kill_leftovers(st: dict[str, Any]) -> None:
             pass
 
 
-def prune_exit_files(engine: Engine) -> None:
+def prune_exit_files(engine: Engine, names: list[str] | None = None) -> None:
+    """Remove ``--rm`` exit files older than ten minutes (``names``: the directory's listing,
+    when the caller has it)."""
     d = engine.store.containers_dir()
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return
+    if names is None:
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return
     now = time.time()
     for n in names:
         if n.endswith(cs.EXIT_SUFFIX):

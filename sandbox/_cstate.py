@@ -13,7 +13,7 @@ import os
 import time
 
 from sandbox import _json as json
-from sandbox.store import FileLock, read_bytes, write_bytes
+from sandbox.store import FileLock, read_bytes, unlink_missing_ok, write_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,9 +21,24 @@ if TYPE_CHECKING:
 
 __all__ = ["proc_start_time", "alive", "rfc3339", "parse_time", "read_state", "write_state",
            "update_state", "read_hostconfig", "write_hostconfig", "state_lock", "EXIT_SUFFIX",
-           "container_processes", "children_of"]
+           "container_processes", "children_of", "LIVE", "OWNED_SUFFIX", "owned",
+           "owned_marker"]
 
 EXIT_SUFFIX = ".exit"  # containers/<id>.exit: the last status of an --rm container
+# containers/<id>.owned: the container's state names an owner (monitor or foreground CLI) whose
+# death must be noticed; ``lifecycle.cleanup_stale`` looks at these alone, not at every container
+# (it ran on every `run`, reading each container's state: 11 us a container).
+OWNED_SUFFIX = ".owned"
+LIVE = ("running", "paused")
+
+
+def owned_marker(cdir: str) -> str:
+    return os.path.normpath(cdir) + OWNED_SUFFIX
+
+
+def owned(state: dict[str, Any]) -> bool:
+    """Whether ``state`` is live under a recorded owner (what ``cleanup_stale`` checks)."""
+    return state.get("status") in LIVE and "monitor_pid" in state
 
 
 def proc_start_time(pid: int) -> int:
@@ -84,10 +99,18 @@ def read_state(cdir: str) -> dict[str, Any]:
 
 
 def write_state(cdir: str, state: dict[str, Any]) -> None:
-    """Atomic: a temp file in the same directory, then rename."""
+    """Atomic: a temp file in the same directory, then rename. An owned state gets its
+    ``OWNED_SUFFIX`` marker before it is in place, and loses it after it is replaced, so a live
+    owned state never lacks one."""
     tmp = os.path.join(cdir, f".state-{os.getpid()}.tmp")
     write_bytes(tmp, json.dumps(state).encode())
-    os.replace(tmp, _state_path(cdir))
+    marker = owned_marker(cdir)
+    if owned(state):
+        write_bytes(marker, b"")
+        os.replace(tmp, _state_path(cdir))
+    else:
+        os.replace(tmp, _state_path(cdir))
+        unlink_missing_ok(marker)
 
 
 def update_state(cdir: str, **changes: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A container is a directory ``containers/<id>/`` holding ``config.json`` (the spe
 created it), ``state.json`` (lifecycle), ``upper/`` and ``work/`` (the writable layer), the
 files bound over ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``, and with the fuse
 and copy drivers the mount point ``rootfs/`` (kernel overlayfs mounts at the store's ``mnt/``,
-in the container's own mount namespace).
+in the container's own mount namespace). Beside it, ``<id>.owned`` while its state names a live
+owner (``_cstate.write_state``) and ``<id>.exit`` for a while after an ``--rm`` one is gone.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import stat
 import time
 
 from sandbox import _json as json
+from sandbox._cstate import owned_marker
 from sandbox._record import asdict, field, record, replace
 from sandbox.errors import ContainerNotFound, SandboxError, SpecError
 from sandbox.images import Image, ImageStore
 from sandbox.runtime.idmap import IdMapping, detect_mapping
 from sandbox.spec import ContainerSpec, Mount, RootfsSpec, validate_spec
-from sandbox.store import Store, read_bytes, write_bytes
+from sandbox.store import Store, read_bytes, unlink_missing_ok, write_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -418,14 +420,14 @@ class Engine:
         the subordinate range), and its name."""
         cdir = self.store.container_dir(cid)
         self.release_name(cid, name)
-        if not os.path.exists(cdir):
-            return
-        try:
-            self.store.rm_rf(cdir)
-        except OSError:
-            from sandbox.runtime.userns import run_in_userns
+        if os.path.exists(cdir):
+            try:
+                self.store.rm_rf(cdir)
+            except OSError:
+                from sandbox.runtime.userns import run_in_userns
 
-            run_in_userns(_rm_container, self.store.root, cdir, mapping=self.mapping)
+                run_in_userns(_rm_container, self.store.root, cdir, mapping=self.mapping)
+        unlink_missing_ok(owned_marker(cdir))
 
 
 def _name_link(cid: str) -> str:

@@ -20,6 +20,7 @@ from sandbox import _json as json
 from sandbox import _sig as _signal
 from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
+from sandbox.store import unlink_missing_ok
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ __all__ = [
     "inspect", "rename", "top", "stats", "prune", "cleanup_stale", "parse_signal",
 ]
 
-_LIVE = ("running", "paused")
+_LIVE = cs.LIVE
 
 
 @record
@@ -126,7 +127,7 @@ def _checked_state(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> 
 def _owner_died(st: dict[str, Any]) -> bool:
     """A live status whose recorded owner (monitor or foreground CLI) is gone. A state without
     an owner (``Engine.run`` of the runtime core) is trusted as it is."""
-    return st.get("status") in _LIVE and "monitor_pid" in st and not cs.alive(
+    return cs.owned(st) and not cs.alive(
         int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0))
 
 
@@ -199,19 +200,33 @@ def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dic
 
 
 def cleanup_stale(engine: Engine) -> int:
-    """Fix containers whose owner died; returns how many were fixed."""
+    """Fix containers whose owner died; returns how many were fixed. Only containers marked
+    owned (``_cstate.OWNED_SUFFIX``) can be stale, so a store of many exited ones costs one
+    listing (``ps`` and the commands that read a container check its owner themselves)."""
     fixed = 0
-    for cid in list(engine.store.iter_containers()):
-        cdir = engine.store.container_dir(cid)
-        st = cs.read_state(cdir)
-        if not _owner_died(st):
+    try:
+        names = os.listdir(engine.store.containers_dir())
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.endswith(cs.OWNED_SUFFIX):
+            continue
+        cid = name[:-len(cs.OWNED_SUFFIX)]
+        try:
+            cdir = engine.store.container_dir(cid)
+        except SandboxError:
+            continue
+        if not os.path.isdir(cdir):  # removed by a version before the marker's removal
+            unlink_missing_ok(cs.owned_marker(cdir))
+            continue
+        if not _owner_died(cs.read_state(cdir)):
             continue
         try:
             _reap_stale(engine, cid, cdir, engine.load_config(cid))
             fixed += 1
         except (OSError, ValueError, SandboxError):
             continue
-    _ctl.prune_exit_files(engine)
+    _ctl.prune_exit_files(engine, names)
     return fixed
 
 

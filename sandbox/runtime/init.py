@@ -766,10 +766,12 @@ def _cleanup(spec: ContainerSpec) -> None:
     where the range's uids are ours)."""
     if not spec.remove or not spec.container_dir or not spec.store_root:
         return
-    from sandbox.store import rm_rf
+    from sandbox._cstate import owned_marker
+    from sandbox.store import rm_rf, unlink_missing_ok
 
     try:
         rm_rf(spec.container_dir, under=spec.store_root)
+        unlink_missing_ok(owned_marker(spec.container_dir))
     except OSError:
         pass
 

@@ -153,7 +153,7 @@ def test_fuse_driver_leaves_nothing_behind(cli, busybox_image, session_store: Pa
     tree: dict[int, tuple[int, str]] = {}
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        (cid,) = set(os.listdir(containers)) - before
+        (cid,) = {n for n in set(os.listdir(containers)) - before if len(n) == 64}
         cdir = str(containers / cid)
         tree = _tree(proc.pid)
         servers = [pid for pid in tree if "fuse_overlay" in _cmdline(pid)]
@@ -172,6 +172,8 @@ def test_fuse_driver_leaves_nothing_behind(cli, busybox_image, session_store: Pa
         while os.path.exists(cdir) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not os.path.exists(cdir), os.listdir(cdir)
+        cli("ps", "-a")  # what a SIGKILL left of the owned marker goes with the next cleanup
+        assert not os.path.exists(cdir + ".owned")
     finally:
         if proc.poll() is None:
             proc.kill()

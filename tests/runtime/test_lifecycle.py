@@ -652,3 +652,47 @@ def test_an_exit_recorded_just_before_the_owner_went_is_not_overwritten(engine):
     assert (st["status"], st["exit_code"]) == ("exited", 3)
     assert cs.read_state(spec.container_dir)["exit_code"] == 3
     assert lc.wait(engine, spec.id, timeout=5) == 3
+
+
+def test_cleanup_reads_only_the_containers_an_owner_holds(engine, monkeypatch):
+    """``cleanup_stale`` runs on every ``run``: it looks at the containers marked owned, not at
+    every container (a store of many exited ones costs it one listing), and still finds a dead
+    owner."""
+    import subprocess
+
+    quiet = [lc.create(engine, "busybox", ["true"], RunOptions()) for _ in range(3)]
+    engine.made += [s.id for s in quiet]
+    for s in quiet[1:]:
+        cs.write_state(s.container_dir, {"status": "exited", "exit_code": 0})
+    dead = lc.create(engine, "busybox", ["true"], RunOptions())
+    engine.made.append(dead.id)
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # an owner that existed and is gone
+    cs.write_state(dead.container_dir, {"status": "running", "pid": 0, "init_pid": 0,
+                                        "monitor_pid": proc.pid, "monitor_start": 1})
+    assert os.path.exists(cs.owned_marker(dead.container_dir))
+    assert not any(os.path.exists(cs.owned_marker(s.container_dir)) for s in quiet)
+    read: list[str] = []
+    real = cs.read_state
+    monkeypatch.setattr(cs, "read_state", lambda cdir: read.append(cdir) or real(cdir))
+    assert lc.cleanup_stale(engine) == 1
+    assert set(read) == {dead.container_dir}
+    monkeypatch.undo()
+    assert (lc.state(engine, dead.id).status, lc.state(engine, dead.id).exit_code) == (
+        "exited", 137)
+    assert not os.path.exists(cs.owned_marker(dead.container_dir))
+
+
+def test_the_owned_marker_lives_as_long_as_the_owned_state(engine):
+    s = run_d(engine, ["sleep", "60"])
+    marker = cs.owned_marker(engine.store.container_dir(s.id))
+    assert os.path.exists(marker)
+    lc.pause(engine, s.id)
+    assert os.path.exists(marker)  # paused is live: its monitor still owns it
+    lc.unpause(engine, s.id)
+    lc.stop(engine, s.id, timeout=1)
+    assert lc.state(engine, s.id).status == "exited" and not os.path.exists(marker)
+    lc.restart(engine, s.id, timeout=1)
+    assert os.path.exists(marker)
+    lc.remove(engine, s.id, force=True)
+    assert not os.path.exists(marker)
