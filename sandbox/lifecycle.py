@@ -216,7 +216,7 @@ def cleanup_stale(engine: Engine) -> int:
             cdir = engine.store.container_dir(cid)
         except SandboxError:
             continue
-        if not os.path.isdir(cdir):  # removed by a version before the marker's removal
+        if not os.path.isdir(cdir):  # a removal cut short between the directory and the marker
             unlink_missing_ok(cs.owned_marker(cdir))
             continue
         if not _owner_died(cs.read_state(cdir)):
