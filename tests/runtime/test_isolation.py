@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import processes_with
+from procs import in_child, processes_with
 
 from sandbox.runtime.idmap import detect_mapping
 
@@ -367,30 +367,6 @@ def test_a_failing_newuidmap_is_one_line_and_leaves_nothing(cli, busybox_image, 
     assert set(os.listdir(session_store / "containers")) <= before
 
 
-def _in_child(func) -> str:
-    """Run ``func`` in a forked child (whose namespaces it may change) and return what it
-    returned; a failure in the child fails the test with its message."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            out = func()
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            out = f"{type(exc).__name__}: {exc}"
-        try:
-            os.write(w, out.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
-    return out
-
-
 def _no_child_left() -> bool:
     try:
         os.waitpid(-1, os.WNOHANG)
@@ -411,7 +387,7 @@ def test_entering_a_mapped_user_namespace_leaves_no_child():
         userns.enter_user_namespace(mapping)
         return _reaped_uid_map()
 
-    assert _in_child(check) == _uid_map_text(mapping)
+    assert in_child(check) == _uid_map_text(mapping)
 
 
 def _reaped_uid_map() -> str:
@@ -446,7 +422,7 @@ def test_a_namespace_holder_is_cloned_into_its_own_user_namespace_and_reaped():
         assert _no_child_left()
         return state
 
-    assert _in_child(check) == "S"  # asleep
+    assert in_child(check) == "S"  # asleep
 
 
 def test_a_namespace_holder_ends_by_itself_when_its_time_is_up():
@@ -462,7 +438,7 @@ def test_a_namespace_holder_ends_by_itself_when_its_time_is_up():
         assert os.WIFEXITED(status) and 0.9 < took < 10, (status, took)
         return "ok"
 
-    assert _in_child(check) == "ok"
+    assert in_child(check) == "ok"
 
 
 @pytest.mark.requires_subuid
@@ -485,7 +461,7 @@ def test_a_prepared_user_namespace_is_the_one_entered():
         assert os.readlink("/proc/self/ns/user") == os.readlink(f"/proc/{holder.pid}/ns/user")
         return _reaped_uid_map()
 
-    assert _in_child(check) == _uid_map_text(detect_mapping())
+    assert in_child(check) == _uid_map_text(detect_mapping())
 
 
 @pytest.mark.requires_subuid
@@ -507,7 +483,7 @@ def test_a_prepared_holder_that_has_ended_is_replaced():
         assert not os.path.exists(f"/proc/{old.pid}")  # the old holder reaped with its tools
         return _reaped_uid_map()
 
-    assert _in_child(check) == _uid_map_text(detect_mapping())
+    assert in_child(check) == _uid_map_text(detect_mapping())
 
 
 @pytest.mark.requires_subuid
@@ -525,7 +501,7 @@ def test_a_prepared_user_namespace_left_unused_leaves_no_process():
         userns.cancel_prepared()  # twice is harmless
         return "ok"
 
-    assert _in_child(check) == "ok"
+    assert in_child(check) == "ok"
 
 
 @pytest.mark.requires_subuid
@@ -559,7 +535,7 @@ def test_prepared_map_tools_that_fail_leave_us_outside_with_no_process(tmp_path:
         assert _no_child_left()
         return str(exc.value)
 
-    assert _in_child(check).startswith(f"cannot write the uid/gid maps: {expected}")
+    assert in_child(check).startswith(f"cannot write the uid/gid maps: {expected}")
 
 
 def test_mounts_make_the_targets_the_image_lacks(cli, busybox_image, tmp_path):

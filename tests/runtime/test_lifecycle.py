@@ -3,6 +3,7 @@ uses it: start, exec, logs, stop, pause, remove, and what survives a SIGKILLed m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import in_child
 
 from sandbox import _cstate as cs
 from sandbox import lifecycle as lc
@@ -468,33 +470,6 @@ def test_detached_container_on_slirp4netns_has_its_tap(engine):
     assert r.returncode == 0 and b"inet 10.0.2.100/24" in r.stdout, r.stderr
 
 
-def _run_foreground_in_child(engine, spec, *filled: list) -> int:
-    """``run_foreground`` in a forked child: it holds the container's user and PID namespaces in
-    its own process (``process.start(inline=True)``), after which that process can fork no
-    more (ENOMEM). What the child put in the ``filled`` lists is copied back into them."""
-    import json
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            code = lc.run_foreground(engine, spec)
-            os.write(w, json.dumps({"code": code, "filled": filled}).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks) or b'{"code": -1, "filled": []}')
-    for mine, theirs in zip(filled, result["filled"], strict=False):
-        mine[:] = theirs
-    return int(result["code"])
-
-
 def test_limits_go_to_a_delegated_cgroup_v2_and_the_container_is_moved_in(
         engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The wiring, on a cgroupfs-shaped tree (this needs no delegated host): the limits are
@@ -531,7 +506,12 @@ def test_limits_go_to_a_delegated_cgroup_v2_and_the_container_is_moved_in(
     real_write_state = cs.write_state
     monkeypatch.setattr(cs, "write_state", lambda d, st: (seen.append(dict(st)),
                                                           real_write_state(d, st)))
-    assert _run_foreground_in_child(engine, spec, seen, removed) == 0
+    # in a forked child: the inline start leaves its process in a PID namespace whose init has
+    # gone (no more forks there), and the pytest worker must go on
+    out = json.loads(in_child(lambda: json.dumps({"code": lc.run_foreground(engine, spec),
+                                                  "seen": seen, "removed": removed})))
+    seen[:], removed[:] = out["seen"], out["removed"]
+    assert out["code"] == 0
     assert (base / "sandbox" / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     assert (cg / "memory.max").read_text() == str(64 << 20)
     assert (cg / "cpu.max").read_text() == "50000 100000"
