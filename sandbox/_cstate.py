@@ -141,8 +141,7 @@ def state_lock(cdir: str) -> FileLock:
 
 def children_of(pid: int) -> list[int]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        return [int(p) for p in read_bytes(f"/proc/{pid}/task/{pid}/children").split()]
     except (OSError, ValueError):
         return []
 
