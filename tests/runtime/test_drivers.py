@@ -159,6 +159,12 @@ def test_fuse_driver_leaves_nothing_behind(cli, busybox_image, session_store: Pa
         servers = [pid for pid in tree if "fuse_overlay" in _cmdline(pid)]
         assert len(servers) == 1 and cdir in _cmdline(servers[0]), tree
         assert any(" fuse" in m for m in _mounts_under(cdir)), "the mount check sees nothing"
+        # the command prints "ready" as soon as it runs, a moment before the CLI records the
+        # container running (with itself as owner): the SIGKILLs are for a running container
+        deadline = time.monotonic() + 10
+        while (not os.path.exists(os.path.join(cdir, "state.json"))
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
         _end(proc, ending, tree)
         deadline = time.monotonic() + 15
         while (_still_running(tree) or _mounts_under(cdir)) and time.monotonic() < deadline:
