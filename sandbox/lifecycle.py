@@ -421,7 +421,11 @@ def _drop_cgroup(path: str) -> None:
 def run_foreground(engine: Engine, spec: ContainerSpec,
                    on_started: Callable[[], None] | None = None) -> int:
     """A foreground ``run``: this process owns the container (and is recorded as its owner).
-    ``on_started`` is called once the container's command has started (or failed to)."""
+    ``on_started`` is called once the container's command has started (or failed to).
+
+    For the CLI, which exits once this returns: the container's PID 1 may still be exiting
+    then (``process.wait(leave_exiting=True)``), and is reaped by the reaper it is handed to,
+    as a detached container's monitor is."""
     from sandbox.runtime.process import start as rt_start
     from sandbox.runtime.process import wait as rt_wait
 
@@ -462,7 +466,9 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
             _ctl.remove_container_dir(engine, spec.id, spec.name)
 
     try:
-        code = rt_wait(started, proxy_tty=spec.tty, on_exit=remove_now)
+        # G's exit goes on after ours, unless its cgroup is to be removed (only once empty)
+        code = rt_wait(started, proxy_tty=spec.tty, on_exit=remove_now,
+                       leave_exiting=not cgroup)
     finally:
         _drop_cgroup(cgroup)
     if started.error is not None:

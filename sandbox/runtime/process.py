@@ -257,12 +257,18 @@ def _kill_quietly(pid: int) -> None:
 
 
 def wait(started: Started, *, proxy_tty: bool = False, forwarder: Forwarder | None = None,
-         on_exit: Callable[[int], None] | None = None) -> int:
+         on_exit: Callable[[int], None] | None = None, leave_exiting: bool = False) -> int:
     """Wait for C, forwarding our signals to the container; returns its exit status.
 
     ``on_exit``, for a container started inline, is called with the status as soon as the
     command has exited, before G is reaped: G's exit (tearing the namespaces down) and the
-    caller's cleanup then overlap."""
+    caller's cleanup then overlap.
+
+    ``leave_exiting``, for a caller about to exit (the CLI): once an inline G has reported the
+    command's status, it is returned without waiting for G to be reaped. G has already sent
+    SIGKILL to the rest of the container and is on its way out; what remains is the kernel
+    tearing its namespaces down (1-1.5 ms, mostly RCU grace periods). The caller's exit then
+    hands G to the reaper, as C's exit does (``init._wait_init``)."""
     pid = started.pid
     forwarder = forwarder or started.forwarder
     if forwarder is None and _in_main_thread() and pid:
@@ -277,8 +283,12 @@ def wait(started: Started, *, proxy_tty: bool = False, forwarder: Forwarder | No
             done, started.done_fd = started.done_fd, -1
             data = os.read(done, 2)
             os.close(done)
-            if len(data) == 2 and on_exit is not None:
-                on_exit(int.from_bytes(data, "little"))
+            if len(data) == 2:
+                code = int.from_bytes(data, "little")
+                if on_exit is not None:
+                    on_exit(code)
+                if leave_exiting:
+                    return code
         while True:
             try:
                 _, status = os.waitpid(pid, 0)

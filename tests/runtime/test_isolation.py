@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import in_child, processes_with
+from procs import in_child, pids_whose_cmdline, processes_with
 
 from sandbox.runtime.idmap import detect_mapping
 
@@ -88,6 +88,25 @@ def test_rm_leaves_no_container_behind(cli, busybox_image, session_store: Path):
     r = cli("run", "--rm", busybox_image, "sh", "-c", "touch /a; mkdir -p /b/c")
     assert r.returncode == 0
     assert set(os.listdir(session_store / "containers")) == before
+
+
+def test_run_returns_the_commands_status_and_leaves_nothing_running(cli, busybox_image,
+                                                                    session_store: Path):
+    """The CLI returns once PID 1 reports the status (PID 1's own exit, the kernel tearing the
+    namespaces down, goes on after it); what the command left in the background is killed."""
+    seconds = f"{1000 + os.getpid() % 1000}.25"
+
+    def left() -> list[int]:
+        return pids_whose_cmdline(lambda cmd: cmd == f"sleep\0{seconds}\0".encode())
+
+    before = set(os.listdir(session_store / "containers"))
+    r = cli("run", "--rm", busybox_image, "sh", "-c", f"sleep {seconds} & echo started; exit 3")
+    assert r.returncode == 3 and r.stdout == "started\n", r.stderr
+    assert set(os.listdir(session_store / "containers")) == before
+    deadline = time.monotonic() + 5
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert left() == []
 
 
 def test_pid1_is_our_init_and_reaps_zombies(cli, busybox_image):
