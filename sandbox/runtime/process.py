@@ -23,6 +23,7 @@ from sandbox.runtime.init import (
     init_main,
     namespace_flags,
 )
+from sandbox.runtime.plan import build_plan
 from sandbox.runtime.userns import cancel_prepared, enter_user_namespace, reap_maker
 from sandbox.spec import ContainerSpec, spec_to_json
 
@@ -155,6 +156,7 @@ def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder 
     sc.unshare(sc.CLONE_NEWPID)  # for our children: G is its PID 1
     psock, csock = _sock.socketpair()
     done_r, done_w = os.pipe2(os.O_CLOEXEC) if spec.remove else (-1, -1)
+    plan = build_plan(spec)
     pid = os.fork()
     if pid == 0:
         if forwarder is not None:
@@ -165,7 +167,7 @@ def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder 
         # settle=False: the CLI's own foreground container, whose command's /proc entry
         # nobody reads the moment it starts (0.3 ms of every run)
         init_main(spec, csock, done_fd=done_w, namespaces=namespace_flags(spec),
-                  cgroup_wait=bool(cgroup), settle=False)
+                  cgroup_wait=bool(cgroup), settle=False, plan=plan)
     csock.close()
     if done_w >= 0:
         os.close(done_w)

@@ -224,6 +224,35 @@ def test_plan_targets_resolve_as_resolve_in_root_does_across_steps(tmp_path: Pat
     assert paths.path(MountOp("bind", "/x", source="/host")) == "/x"  # not in_root: as given
 
 
+def test_plan_targets_skip_the_link_check_only_where_the_image_cannot_have_put_a_link(
+        tmp_path: Path):
+    """Inside a filesystem the plan mounted (the kernel's, or an empty tmpfs) a target's last
+    component is not read as a link; a link the plan made there, a bind over part of it (a
+    volume's files) and a ``..`` are still resolved as ``resolve_in_root`` does."""
+    from sandbox.runtime.init import _InRoot
+    from sandbox.runtime.plan import MountOp
+
+    root = tmp_path / "root"
+    (root / "dev" / "vol").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "x").symlink_to("../../../outside")
+    paths = _InRoot(str(root))
+    dev = MountOp("mount", "/dev", source="tmpfs", fstype="tmpfs", in_root=True)
+    paths.changed(dev, paths.path(dev))
+    assert paths.path(MountOp("bind", "/dev/zero", in_root=True)) == str(root / "dev" / "zero")
+    # the plan's own link: followed inside the root, as before
+    (root / "dev" / "stdin").symlink_to("/etc/x")
+    paths.changed(MountOp("symlink", "/dev/stdin", source="/etc/x", in_root=True))
+    # a volume bound below /dev: its files are not the plan's
+    vol = MountOp("bind", "/dev/vol", source="/host/vol", in_root=True)
+    paths.changed(vol, paths.path(vol))
+    (root / "dev" / "vol" / "link").symlink_to("/etc/x")
+    for target in ("/dev/stdin", "/dev/vol/link", "/dev/../etc/x"):
+        resolved = paths.path(MountOp("bind", target, in_root=True))
+        assert resolved == resolve_in_root(str(root), target), target
+        assert resolved.startswith(str(root) + "/"), target
+
+
 # -- store ---------------------------------------------------------------------------------
 
 def test_a_new_store_spreads_container_directories_where_the_fs_can(tmp_path: Path):
