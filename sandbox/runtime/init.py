@@ -191,7 +191,10 @@ class _InRoot:
             for key in [k for k in self.dirs if k == op.target or k.startswith(below)]:
                 del self.dirs[key]
         if op.kind in ("mount", "bind"):
-            self.mounted[op.target.rstrip("/")] = host if op.kind == "mount" and host else None
+            point = op.target.rstrip("/")
+            for hidden in [p for p in self.mounted if p.startswith(point + "/")]:
+                del self.mounted[hidden]  # under what was just mounted over them
+            self.mounted[point] = host if op.kind == "mount" and host else None
         elif op.kind == "symlink":
             self.links.add(op.target)
 

@@ -247,7 +247,13 @@ def test_plan_targets_skip_the_link_check_only_where_the_image_cannot_have_put_a
     vol = MountOp("bind", "/dev/vol", source="/host/vol", in_root=True)
     paths.changed(vol, paths.path(vol))
     (root / "dev" / "vol" / "link").symlink_to("/etc/x")
-    for target in ("/dev/stdin", "/dev/vol/link", "/dev/../etc/x"):
+    # a bind over all of /dev hides the fresh /dev/shm below it
+    shm = MountOp("mount", "/dev/shm", source="shm", fstype="tmpfs", in_root=True)
+    (root / "dev" / "shm").mkdir()
+    paths.changed(shm, paths.path(shm))
+    paths.changed(MountOp("bind", "/dev", source="/host/dev", in_root=True), str(root / "dev"))
+    (root / "dev" / "shm" / "link").symlink_to("/etc/x")
+    for target in ("/dev/stdin", "/dev/vol/link", "/dev/../etc/x", "/dev/shm/link"):
         resolved = paths.path(MountOp("bind", target, in_root=True))
         assert resolved == resolve_in_root(str(root), target), target
         assert resolved.startswith(str(root) + "/"), target
