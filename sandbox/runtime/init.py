@@ -272,7 +272,7 @@ def _pivot_root(root: str) -> None:
     os.chdir("/")
 
 
-def _do(op: MountOp, paths: _InRoot) -> None:
+def _do(op: MountOp, paths: _InRoot, join_net: Callable[[], None] | None) -> None:
     kind = op.kind
     if kind == "mount":
         target = paths.path(op)
@@ -299,6 +299,10 @@ def _do(op: MountOp, paths: _InRoot) -> None:
         _remount_ro(paths.path(op) if op.target != "/" else "/")
     elif kind == "lo_up":
         sc.loopback_up()
+    elif kind == "netns":
+        if join_net is None:
+            raise ValueError("no network namespace to join")
+        join_net()
     elif kind == "rslave":
         sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
     elif kind == "rmdir":
@@ -314,12 +318,14 @@ def _do(op: MountOp, paths: _InRoot) -> None:
     paths.changed(op)
 
 
-def execute_plan(ops: list[MountOp], root: str) -> None:
-    """Run each step; an optional one that fails with ENOENT/EPERM/EACCES is skipped."""
+def execute_plan(ops: list[MountOp], root: str,
+                 join_net: Callable[[], None] | None = None) -> None:
+    """Run each step; an optional one that fails with ENOENT/EPERM/EACCES is skipped.
+    ``join_net`` carries out a ``netns`` step."""
     paths = _InRoot(root)
     for op in ops:
         try:
-            _do(op, paths)
+            _do(op, paths, join_net)
         except OSError as exc:
             if op.optional and exc.errno in (errno.ENOENT, errno.EPERM, errno.EACCES,
                                              errno.EINVAL, errno.ENOTDIR, errno.ENOTEMPTY):
@@ -571,7 +577,7 @@ def _run_payload(spec: ContainerSpec, payload: Payload, result_fd: int) -> NoRet
 def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None = None,
                result_fd: int = -1, done_fd: int = -1, namespaces: int = 0,
                cgroup_wait: bool = False, settle: bool = True,
-               plan: list[MountOp] | None = None) -> NoReturn:
+               plan: list[MountOp] | None = None, net_made: bool = False) -> NoReturn:
     """G: PID 1 of the container. ``done_fd``: where the command's status goes the moment it
     has exited (the cleanup then runs while this process's exit tears the namespaces down).
 
@@ -580,7 +586,9 @@ def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None =
     session, after being moved into its cgroup when ``cgroup_wait``. ``settle``: the command
     counts as started only once its exec is complete (``_exec_settled``). ``plan``: the
     spec's ``build_plan``, where the parent made it before forking (a third of the time it
-    takes here, where each object touched first is a copy-on-write fault).
+    takes here, where each object touched first is a copy-on-write fault). ``net_made``: the
+    parent makes the network namespace meanwhile and sends it (``_join_net``); the plan's
+    ``netns`` step joins it.
     """
     code = 125
     try:
@@ -591,7 +599,10 @@ def init_main(spec: ContainerSpec, sock: _sock.Socket, payload: Payload | None =
                 _recv_exact(sock, b"C", "the caller could not move the container into its "
                                         "cgroup")
         sc.unshare(sc.CLONE_NEWNS | namespaces)
-        execute_plan(plan if plan is not None else build_plan(spec), spec.rootfs.mountpoint)
+        if plan is None:
+            plan = build_plan(spec, net_made=net_made)
+        execute_plan(plan, spec.rootfs.mountpoint,
+                     (lambda: _join_net(sock)) if net_made else None)
         slave, pty = -1, ""
         if spec.tty:
             master, slave = os.openpty()
@@ -658,6 +669,21 @@ def namespace_flags(spec: ContainerSpec) -> int:
     """The namespaces a container has beside its user, PID and mount ones."""
     flags = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
     return flags if spec.network == "host" else flags | sc.CLONE_NEWNET
+
+
+def _join_net(sock: _sock.Socket) -> None:
+    """Join the network namespace the parent made (``L`` with its descriptor), or fail with
+    the reason it sent (``X``)."""
+    msg, fds, _, _ = _sock.recv_fds(sock, 1024, 1)
+    try:
+        if msg[:1] != b"L" or not fds:
+            why = msg[1:].decode(errors="replace") if msg[:1] == b"X" else "the caller is gone"
+            raise SetupFailed("RuntimeSetupError",
+                              f"the container's network namespace could not be made: {why}")
+        sc.setns(fds[0], sc.CLONE_NEWNET)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _recv_exact(sock: _sock.Socket, want: bytes, failure: str,

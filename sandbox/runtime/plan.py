@@ -6,12 +6,15 @@ runc's ``prepareRootfs``/``finalizeRootfs``). ``sandbox run --dry-run`` prints t
 The order is fixed, in ``build_plan``:
   1. (parent side, before the plan) unshare the user namespace, write the maps
      (``setgroups`` denied before ``gid_map`` in single-uid mode);
-  2. the network mode's namespace half (``lo`` up for ``none``);
+  2. the network mode's namespace half (``lo`` up for ``none``), unless the parent makes the
+     network namespace meanwhile (``net_made``: step 5 joins it);
   3. make ``/`` ``MS_SLAVE|MS_REC`` so nothing propagates back to the host;
   4. the rootfs (storage driver), a mount point of its own;
-  5. ``/proc``, ``/dev`` (tmpfs + device binds + devpts + shm + mqueue), ``/sys``, masked and
-     read-only paths, ``/sys/fs/cgroup`` (cgroup2, read-only),
-     ``/etc/hosts``/``hostname``/``resolv.conf``, user mounts;
+  5. ``/proc`` with its masked and read-only paths, ``/dev`` (tmpfs + device binds + devpts +
+     shm + mqueue), the network namespace the parent made (``netns``), ``/sys`` (sysfs shows
+     the devices of its mounter's network namespace) with ``/sys/fs/cgroup`` (cgroup2,
+     read-only) and its masked paths, ``/etc/hosts``/``hostname``/``resolv.conf``, user
+     mounts;
   6. ``pivot_root`` and detach the old root;
   7. read-only root remount, hostname; then the init forks and execs the command.
 """
@@ -142,9 +145,17 @@ def _dev_ops(spec: ContainerSpec) -> list[MountOp]:
     return ops
 
 
-def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
+def _proc_ops() -> list[MountOp]:
     ops = [MountOp("mount", "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC,
                    in_root=True)]
+    ops += [MountOp("mask", p, in_root=True, optional=True) for p in MASKED_PATHS
+            if p.startswith("/proc/")]
+    ops += [MountOp("readonly", p, in_root=True, optional=True) for p in READONLY_PATHS]
+    return ops
+
+
+def _sys_ops(spec: ContainerSpec) -> list[MountOp]:
+    ops: list[MountOp] = []
     if spec.network == "host":
         # sysfs can only be mounted by the owner of the network namespace: bind the host's.
         ops += [MountOp("bind", "/sys", source="/sys", flags=sc.MS_REC, in_root=True),
@@ -157,8 +168,8 @@ def _proc_sys_ops(spec: ContainerSpec) -> list[MountOp]:
         ops.append(MountOp("mount", "/sys/fs/cgroup", source="cgroup2", fstype="cgroup2",
                            flags=_NOSUID_NODEV_NOEXEC | sc.MS_RDONLY, in_root=True,
                            optional=True))
-    ops += [MountOp("mask", p, in_root=True, optional=True) for p in MASKED_PATHS]
-    ops += [MountOp("readonly", p, in_root=True, optional=True) for p in READONLY_PATHS]
+    ops += [MountOp("mask", p, in_root=True, optional=True) for p in MASKED_PATHS
+            if not p.startswith("/proc/")]
     return ops
 
 
@@ -181,15 +192,21 @@ def _user_mount_ops(spec: ContainerSpec) -> list[MountOp]:
     return ops
 
 
-def build_plan(spec: ContainerSpec) -> list[MountOp]:
-    """The whole setup, in the fixed order of this module's docstring."""
+def build_plan(spec: ContainerSpec, *, net_made: bool = False) -> list[MountOp]:
+    """The whole setup, in the fixed order of this module's docstring. ``net_made``: the
+    parent makes the container's network namespace, with ``lo`` up, while the steps before
+    ``netns`` run (``sandbox.runtime.process.start`` with ``inline``)."""
     ops: list[MountOp] = []
-    if spec.network != "host":  # none, slirp4netns: our own network namespace
+    own_net = spec.network != "host"  # none, slirp4netns: our own network namespace
+    if own_net and not net_made:
         ops.append(MountOp("lo_up", "lo"))                                   # 2
     ops.append(MountOp("rslave", "/"))                                       # 3
     ops += rootfs_ops(spec.rootfs)                                           # 4
-    ops += _proc_sys_ops(spec)                                               # 5
+    ops += _proc_ops()                                                       # 5
     ops += _dev_ops(spec)
+    if own_net and net_made:
+        ops.append(MountOp("netns", "net"))
+    ops += _sys_ops(spec)
     ops += _etc_ops(spec)
     ops += _user_mount_ops(spec)
     ops.append(MountOp("pivot_root", spec.rootfs.mountpoint))                # 6

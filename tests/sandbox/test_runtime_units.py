@@ -94,6 +94,25 @@ def test_plan_masks_and_readonly_paths_are_runcs():
     assert all(op.optional for op in ops if op.kind in ("mask", "readonly"))
 
 
+def test_plan_with_the_network_made_by_the_parent_joins_it_before_sysfs():
+    """sysfs shows the network devices of its mounter's namespace: the ``netns`` step (the
+    parent's namespace, ``lo`` up) comes before ``/sys``, and G makes no ``lo_up`` of its own;
+    every mask still comes after the filesystem it masks."""
+    ops = build_plan(make_spec(), net_made=True)
+    kinds = [op.kind for op in ops]
+    assert "lo_up" not in kinds and kinds.count("netns") == 1
+    sysfs = next(i for i, op in enumerate(ops) if op.fstype == "sysfs")
+    assert kinds.index("netns") < sysfs
+    for i, op in enumerate(ops):
+        if op.kind == "mask":
+            fs = "/proc" if op.target.startswith("/proc/") else "/sys"
+            assert i > next(j for j, o in enumerate(ops) if o.kind == "mount" and o.target == fs)
+    assert [op.target for op in ops if op.kind == "mask"] == [
+        op.target for op in build_plan(make_spec()) if op.kind == "mask"]
+    assert "netns" not in [op.kind for op in build_plan(make_spec(network="host"),
+                                                        net_made=True)]
+
+
 def test_plan_network_host_binds_sys_and_skips_lo():
     ops = build_plan(make_spec(network="host"))
     assert "lo_up" not in [op.kind for op in ops]
@@ -386,3 +405,19 @@ def test_pack_ints_is_structs_native_layout():
                                                                             2**32 - 1)
     assert unpack_ints(struct.pack("3i", 7, -1, 0) + b"\0") == [7, -1, 0]  # partial: ignored
     assert unpack_ints(struct.pack("16sh14x", b"lo", 0x49)[16:18], 2) == [0x49]
+
+
+def test_a_network_namespace_the_parent_could_not_make_fails_the_setup_with_its_reason():
+    from sandbox import _sock
+    from sandbox.runtime.init import SetupFailed, _join_net
+
+    ours, theirs = _sock.socketpair()
+    try:
+        ours.send(b"XNo space left on device")
+        with pytest.raises(SetupFailed, match="network namespace could not be made: No space"):
+            _join_net(theirs)
+        ours.close()  # the parent died before sending anything
+        with pytest.raises(SetupFailed, match="the caller is gone"):
+            _join_net(theirs)
+    finally:
+        theirs.close()
