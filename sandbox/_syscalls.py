@@ -98,18 +98,14 @@ class _Libc:
         self._array = ct.Array
         self._c_char = c_char
         self._addressof = ct.addressof
+        self.c_int = c_int
+        self.byref = ct.byref
 
         self._handle = ct.dlopen(None, 0)
         self._func = Func
         self.c_ulong = c_ulong
         self.get_errno = ct.get_errno
         self._cache: dict[str, Any] = {}
-
-    def buffer(self, data: bytes) -> Any:
-        """A mutable ``char[]`` holding ``data`` (``ctypes.create_string_buffer``)."""
-        buf_type: Any = type("Buffer", (self._array,), {"_type_": self._c_char,
-                                                         "_length_": len(data)})
-        return buf_type.from_buffer_copy(data)
 
     def stack(self, size: int) -> tuple[Any, int]:
         """A zeroed ``size``-byte buffer and its top, 16-byte aligned (a stack for clone(2))."""
@@ -256,9 +252,9 @@ def get_pdeathsig() -> int:
     """The parent-death signal (0 for none): the kernel clears it when the process's
     credentials change, so whoever changes them and wants it kept sets it again."""
     lib = _lib()
-    buf = lib.buffer(b"\0" * 4)
-    _check(lib.prctl(PR_GET_PDEATHSIG, buf), "prctl")
-    return unpack_ints(bytes(buf))[0]
+    sig = lib.c_int(0)  # not a char[] of a type made here: making one cost PID 1 0.1 ms
+    _check(lib.prctl(PR_GET_PDEATHSIG, lib.byref(sig)), "prctl")
+    return int(sig.value)
 
 
 def set_child_subreaper() -> None:
@@ -309,8 +305,8 @@ def set_caps(effective: frozenset[int], permitted: frozenset[int],
     header = pack_ints((0x20080522, 0), signed=False)  # _LINUX_CAPABILITY_VERSION_3, this thread
     e, p, i = words(effective), words(permitted), words(inheritable)
     data = pack_ints((e[0], p[0], i[0], e[1], p[1], i[1]), signed=False)
-    lib = _lib()
-    _check(lib.syscall(_sysno("capset"), lib.buffer(header), lib.buffer(data)), "capset")
+    # read-only for the kernel (a v3 header is not written back): bytes pass as char *
+    _check(_lib().syscall(_sysno("capset"), header, data), "capset")
 
 
 # TIOCGPTN, _IOR('T', 0x30, unsigned int) in asm-generic (both architectures above): termios

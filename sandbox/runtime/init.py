@@ -149,6 +149,19 @@ class _InRoot:
         # in-root mount point -> its host path, if the filesystem there is a fresh one
         self.mounted: dict[str, str | None] = {}
         self.links: set[str] = set()  # in-root links this plan made
+        self.empty: set[str] = set()  # in-root mount points of the tmpfs this plan mounted
+        self.made: set[str] = set()  # what the plan made in those
+
+    def new_in_empty(self, target: str) -> bool:
+        """Whether ``target`` is in a tmpfs this plan mounted and not made there yet: a step
+        makes it first, without trying it (where the mount would fail with ENOENT). It
+        counts as made from here on."""
+        parent = target.rpartition("/")[0]
+        if parent not in self.empty or target in self.made or target in self.links \
+                or "/." in target:
+            return False
+        self.made.add(target)
+        return True
 
     def _fresh(self, target: str) -> str | None:
         """The host path of ``target`` where it lies in a filesystem this plan mounted (and
@@ -195,6 +208,9 @@ class _InRoot:
             for hidden in [p for p in self.mounted if p.startswith(point + "/")]:
                 del self.mounted[hidden]  # under what was just mounted over them
             self.mounted[point] = host if op.kind == "mount" and host else None
+            self.empty = {p for p in self.empty if p != point and not p.startswith(point + "/")}
+            if op.kind == "mount" and op.fstype == "tmpfs" and host:
+                self.empty.add(point)
         elif op.kind == "symlink":
             self.links.add(op.target)
 
@@ -244,14 +260,20 @@ def _mount_made(source: str | None, target: str, fstype: str | None, flags: int,
         sc.mount(source, target, fstype, flags, data)
 
 
-def _bind(op: MountOp, target: str) -> None:
+def _bind(op: MountOp, target: str, new: bool = False) -> None:
+    """``new``: the target is known not to exist yet (``_InRoot.new_in_empty``)."""
     def make(path: str) -> None:
         if os.path.isdir(op.source) and not os.path.islink(op.source):
             _mkdirs(path)
-        elif not os.path.lexists(path):  # a dangling link stays (and fails as it did)
+        elif new or not os.path.lexists(path):  # a dangling link stays (and fails as it did)
             _touch(path)
 
-    _mount_made(op.source, target, None, sc.MS_BIND | (op.flags & sc.MS_REC), None, make)
+    flags = sc.MS_BIND | (op.flags & sc.MS_REC)
+    if new:
+        make(target)
+        sc.mount(op.source, target, None, flags, None)
+    else:
+        _mount_made(op.source, target, None, flags, None, make)
 
 
 def _mask(target: str) -> None:
@@ -276,11 +298,15 @@ def _do(op: MountOp, paths: _InRoot, join_net: Callable[[], None] | None) -> Non
     kind = op.kind
     if kind == "mount":
         target = paths.path(op)
-        _mount_made(op.source, target, op.fstype, op.flags, op.data or None, _mkdirs)
+        if paths.new_in_empty(op.target):
+            _mkdirs(target)
+            sc.mount(op.source, target, op.fstype, op.flags, op.data or None)
+        else:
+            _mount_made(op.source, target, op.fstype, op.flags, op.data or None, _mkdirs)
         paths.changed(op, target)
         return
     if kind == "bind":
-        _bind(op, paths.path(op))
+        _bind(op, paths.path(op), paths.new_in_empty(op.target))
     elif kind == "mask":
         _mask(paths.path(op))
     elif kind == "symlink":

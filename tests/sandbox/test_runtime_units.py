@@ -259,6 +259,9 @@ def test_plan_targets_skip_the_link_check_only_where_the_image_cannot_have_put_a
     dev = MountOp("mount", "/dev", source="tmpfs", fstype="tmpfs", in_root=True)
     paths.changed(dev, paths.path(dev))
     assert paths.path(MountOp("bind", "/dev/zero", in_root=True)) == str(root / "dev" / "zero")
+    # the tmpfs is empty: a target in it is made first, once
+    assert paths.new_in_empty("/dev/zero") and not paths.new_in_empty("/dev/zero")
+    assert not paths.new_in_empty("/dev/vol/x") and not paths.new_in_empty("/etc/hosts")
     # the plan's own link: followed inside the root, as before
     (root / "dev" / "stdin").symlink_to("/etc/x")
     paths.changed(MountOp("symlink", "/dev/stdin", source="/etc/x", in_root=True))
@@ -271,6 +274,7 @@ def test_plan_targets_skip_the_link_check_only_where_the_image_cannot_have_put_a
     (root / "dev" / "shm").mkdir()
     paths.changed(shm, paths.path(shm))
     paths.changed(MountOp("bind", "/dev", source="/host/dev", in_root=True), str(root / "dev"))
+    assert not paths.new_in_empty("/dev/random") and not paths.new_in_empty("/dev/shm/y")
     (root / "dev" / "shm" / "link").symlink_to("/etc/x")
     for target in ("/dev/stdin", "/dev/vol/link", "/dev/../etc/x", "/dev/shm/link"):
         resolved = paths.path(MountOp("bind", target, in_root=True))
