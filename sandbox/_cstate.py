@@ -70,7 +70,9 @@ def rfc3339(ts: float | None = None) -> str:
     nanos = int(round((ts - whole) * 1e9))
     if nanos >= 1_000_000_000:
         whole, nanos = whole + 1, nanos - 1_000_000_000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{nanos:09d}Z"
+    t = time.gmtime(whole)  # not strftime: libc's reads the time zone first (/etc/localtime)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+            f"{t.tm_sec:02d}.{nanos:09d}Z")
 
 
 def parse_time(text: str) -> float:
@@ -98,15 +100,16 @@ def read_state(cdir: str) -> dict[str, Any]:
     return data
 
 
-def write_state(cdir: str, state: dict[str, Any]) -> None:
+def write_state(cdir: str, state: dict[str, Any], *, marked: bool = False) -> None:
     """Atomic: a temp file in the same directory, then rename. An owned state gets its
-    ``OWNED_SUFFIX`` marker before it is in place, and loses it after it is replaced, so a live
-    owned state never lacks one."""
+    ``OWNED_SUFFIX`` marker before it is in place (``marked``: the caller made it already), and
+    loses it after it is replaced, so a live owned state never lacks one."""
     tmp = os.path.join(cdir, f".state-{os.getpid()}.tmp")
     write_bytes(tmp, json.dumps(state).encode())
     marker = owned_marker(cdir)
     if owned(state):
-        write_bytes(marker, b"")
+        if not marked:
+            write_bytes(marker, b"")
         os.replace(tmp, _state_path(cdir))
     else:
         os.replace(tmp, _state_path(cdir))

@@ -20,7 +20,7 @@ from sandbox import _json as json
 from sandbox import _sig as _signal
 from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
-from sandbox.store import unlink_missing_ok
+from sandbox.store import unlink_missing_ok, write_bytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -438,8 +438,22 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
 
             _apply_ulimits(hc["ulimits"])
         cgroup = _container_cgroup(spec.id, hc)
+        me = os.getpid()
+        early: dict[str, Any] = {}
+
+        def forked(gpid: int) -> None:
+            """While PID 1 sets the container up: what the running state needs that is known
+            already, and the state's owned marker (harmless before the state: only an owned
+            state is checked)."""
+            early.update(init_start=cs.proc_start_time(gpid), monitor_start=cs.proc_start_time(me))
+            try:
+                write_bytes(cs.owned_marker(cdir), b"")
+                early["marked"] = True
+            except OSError:
+                pass
+
         # inline: this process holds the namespaces (and removes an --rm container itself)
-        started = rt_start(spec, engine.mapping, cgroup=cgroup, inline=True)
+        started = rt_start(spec, engine.mapping, cgroup=cgroup, inline=True, on_forked=forked)
         if on_started is not None:
             on_started()
     except BaseException:
@@ -447,7 +461,6 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
         if spec.remove:  # nothing of an --rm container is left behind, whatever failed
             _ctl.remove_container_dir(engine, spec.id)
         raise
-    me = os.getpid()
     if started.error is None:
         kids = cs.children_of(started.init_pid)
         main = kids[0] if kids else 0
@@ -455,15 +468,21 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
             cs.write_state(cdir, {
                 "status": "running", "pid": main, "pid_start": cs.proc_start_time(main),
                 "init_pid": started.init_pid,
-                "init_start": cs.proc_start_time(started.init_pid), "cpid": started.pid,
-                "monitor_pid": me, "monitor_start": cs.proc_start_time(me),
+                "init_start": early.get("init_start") or cs.proc_start_time(started.init_pid),
+                "cpid": started.pid, "monitor_pid": me,
+                "monitor_start": early.get("monitor_start") or cs.proc_start_time(me),
                 "started_at": cs.rfc3339(), "finished_at": "0001-01-01T00:00:00Z",
-                "exit_code": 0, "foreground": True, "cgroup": cgroup})
+                "exit_code": 0, "foreground": True, "cgroup": cgroup},
+                marked=bool(early.get("marked")))
         except OSError:
             pass
+    removed = False
+
     def remove_now(_code: int) -> None:  # the command has exited; G is still tearing down
+        nonlocal removed
         if spec.remove and os.path.exists(cdir):
             _ctl.remove_container_dir(engine, spec.id, spec.name)
+            removed = True
 
     try:
         # G's exit goes on after ours, unless its cgroup is to be removed (only once empty)
@@ -474,9 +493,10 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
     if started.error is not None:
         code = started.error.exit_code
     if spec.remove:
-        if os.path.exists(cdir):
-            _ctl.remove_container_dir(engine, spec.id, spec.name)
-        engine.release_name(spec.id, spec.name)  # C (or remove_now) removed the directory
+        if not removed:
+            if os.path.exists(cdir):
+                _ctl.remove_container_dir(engine, spec.id, spec.name)
+            engine.release_name(spec.id, spec.name)  # C removed the directory, not its name
         _ctl.drop_volumes(engine, hc, anonymous_only=True)
     else:
         try:

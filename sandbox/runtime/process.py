@@ -93,7 +93,8 @@ def _error_from(payload: bytes) -> errors.SandboxError:
 
 
 def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None = None,
-          cgroup: str = "", *, inline: bool = False) -> Started:
+          cgroup: str = "", *, inline: bool = False,
+          on_forked: Callable[[int], None] | None = None) -> Started:
     """Start the container; returns once its command is exec'd or its setup has failed.
 
     ``cgroup``: a cgroup v2 directory (``sandbox._cgroups.create``) the container's first
@@ -105,6 +106,9 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
     Where C must be a process of its own (a fuse server or an in-memory layer to hold, a
     network helper to start from outside, threads), C is forked or spawned as without it.
 
+    ``on_forked``, for an inline start: called with G's pid as soon as G exists, to use the
+    time G takes to set the container up (this process only waits meanwhile).
+
     Our signals go to the container from the moment it exists: through ``forwarder`` if the
     caller installed one, else through one installed here (main thread only), which ``wait``
     then uses and removes.
@@ -113,7 +117,7 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
         forwarder = Forwarder()
     if (inline and can_fork() and spec.network in ("none", "host")
             and spec.rootfs.driver != "fuse" and not spec.rootfs.scratch):
-        return _start_inline(spec, mapping, forwarder, cgroup)
+        return _start_inline(spec, mapping, forwarder, cgroup, on_forked)
     cancel_prepared()  # a user namespace the CLI prepared for an inline start is not used
     psock, csock = _sock.socketpair()
     if _must_spawn():
@@ -144,7 +148,7 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
 
 
 def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None,
-                  cgroup: str) -> Started:
+                  cgroup: str, on_forked: Callable[[int], None] | None = None) -> Started:
     """``start(inline=True)``: enter the user namespace, make the PID one, fork G."""
     sc.preload()
     try:
@@ -194,6 +198,8 @@ def _start_inline(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder 
             psock.send(b"C")
         if net_made:
             _make_net(psock, pid)
+        if on_forked is not None:
+            on_forked(pid)
         _handshake(psock, started, mapping, spec.network)
     finally:
         psock.close()

@@ -504,8 +504,8 @@ def test_limits_go_to_a_delegated_cgroup_v2_and_the_container_is_moved_in(
     (base / "sandbox" / "cgroup.subtree_control").write_text("")
     seen = []
     real_write_state = cs.write_state
-    monkeypatch.setattr(cs, "write_state", lambda d, st: (seen.append(dict(st)),
-                                                          real_write_state(d, st)))
+    monkeypatch.setattr(cs, "write_state", lambda d, st, **kw: (seen.append(dict(st)),
+                                                                real_write_state(d, st, **kw)))
     # in a forked child: the inline start leaves its process in a PID namespace whose init has
     # gone (no more forks there), and the pytest worker must go on
     out = json.loads(in_child(lambda: json.dumps({"code": lc.run_foreground(engine, spec),

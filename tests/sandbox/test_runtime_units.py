@@ -425,3 +425,16 @@ def test_a_network_namespace_the_parent_could_not_make_fails_the_setup_with_its_
             _join_net(theirs)
     finally:
         theirs.close()
+
+
+@pytest.mark.parametrize("ts", [0.0, 1796677157.331726, 1796677157.9999999999, 951782400.5])
+def test_state_timestamps_are_dockers_shape_and_read_back(ts: float):
+    import time
+
+    from sandbox import _cstate as cs
+
+    text = cs.rfc3339(ts)
+    whole = int(ts) + (1 if round((ts - int(ts)) * 1e9) >= 1e9 else 0)
+    assert text.startswith(time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    assert text.endswith("Z") and len(text) == 30
+    assert abs(cs.parse_time(text) - ts) < 1e-6
