@@ -212,21 +212,19 @@ def _make_net(sock: _sock.Socket, gpid: int) -> None:
 
     On a CPU other than G's: a forked child starts on its parent's CPU, and the scheduler
     leaves the two to share it for milliseconds while another one idles."""
-    mask = os.sched_getaffinity(0)
-    away = mask - {_cpu_of(gpid)}
-    if away == mask:
-        away = set()
+    mask = _move_off(_cpu_of(gpid))
     try:
-        if away:
-            os.sched_setaffinity(0, away)
         sc.unshare(sc.CLONE_NEWNET)
         sc.loopback_up()
         fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         fd, why = -1, (exc.strerror or str(exc)).encode()
     finally:
-        if away:
-            os.sched_setaffinity(0, mask)
+        if mask:
+            try:
+                os.sched_setaffinity(0, mask)
+            except OSError:
+                pass
     try:
         if fd >= 0:
             _sock.send_fds(sock, [b"L"], [fd])
@@ -237,6 +235,21 @@ def _make_net(sock: _sock.Socket, gpid: int) -> None:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _move_off(cpu: int) -> set[int]:
+    """Move this process to another CPU than ``cpu`` it may run on; returns the affinity to
+    restore, or an empty set where nothing was changed (no other CPU, or the move refused:
+    this is only about speed)."""
+    try:
+        mask = os.sched_getaffinity(0)
+        away = mask - {cpu}
+        if not away or away == mask:
+            return set()
+        os.sched_setaffinity(0, away)
+    except OSError:
+        return set()
+    return mask
 
 
 def _cpu_of(pid: int) -> int:

@@ -438,3 +438,24 @@ def test_state_timestamps_are_dockers_shape_and_read_back(ts: float):
     assert text.startswith(time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
     assert text.endswith("Z") and len(text) == 30
     assert abs(cs.parse_time(text) - ts) < 1e-6
+
+
+def test_moving_off_a_cpu_changes_nothing_where_there_is_nowhere_to_go():
+    """The CLI moves off PID 1's CPU while it makes the network namespace, and back: where it
+    may run on one CPU only, or the CPU is not one of its own, nothing changes."""
+    from procs import in_child
+
+    from sandbox.runtime.process import _move_off
+
+    def check() -> str:
+        mask = os.sched_getaffinity(0)
+        assert _move_off(-1) == set() and os.sched_getaffinity(0) == mask
+        one = min(mask)
+        os.sched_setaffinity(0, {one})
+        assert _move_off(one) == set() and os.sched_getaffinity(0) == {one}
+        os.sched_setaffinity(0, mask)
+        if len(mask) > 1:
+            assert _move_off(one) == mask and os.sched_getaffinity(0) == mask - {one}
+        return "ok"
+
+    assert in_child(check) == "ok"
