@@ -27,7 +27,7 @@ __all__ = [
     "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_STRICTATIME", "MS_RELATIME", "MNT_DETACH",
     "unshare", "setns", "mount", "umount2", "pivot_root", "prctl", "set_no_new_privs",
     "drop_bounding_caps", "set_caps", "set_pdeathsig", "get_pdeathsig", "set_child_subreaper",
-    "loopback_up", "mknod_whiteout", "CAP_LAST_CAP", "cap_last_cap", "TIOCGPTN",
+    "loopback_up", "mknod_whiteout", "TIOCGPTN",
     "clone_holder",
 ]
 
@@ -62,7 +62,6 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-CAP_LAST_CAP = 40
 _SYSCALLS_BY_ARCH = {
     "x86_64": {"pivot_root": 155, "capset": 126},
     "aarch64": {"pivot_root": 41, "capset": 91},
@@ -259,14 +258,6 @@ def get_pdeathsig() -> int:
 
 def set_child_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def cap_last_cap() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return CAP_LAST_CAP
 
 
 def drop_bounding_caps(keep: frozenset[int]) -> None:
