@@ -146,19 +146,23 @@ class _InRoot:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.dirs: dict[str, str] = {}
-        # in-root mount point -> its host path, if the filesystem there is a fresh one
-        self.mounted: dict[str, str | None] = {}
+        # in-root mount point -> (its host path, whether a tmpfs, empty when mounted) where
+        # the filesystem there is a fresh one; None where it is a bind
+        self.mounted: dict[str, tuple[str, bool] | None] = {}
         self.links: set[str] = set()  # in-root links this plan made
-        self.empty: set[str] = set()  # in-root mount points of the tmpfs this plan mounted
-        self.made: set[str] = set()  # what the plan made in those
+        self.made: set[str] = set()  # what the plan made in its tmpfs mounts
+
+    def _plain(self, target: str) -> bool:
+        """Not a link the plan made, nor a path with ``..`` and the like (resolved the long
+        way)."""
+        return target not in self.links and "/." not in target and "//" not in target
 
     def new_in_empty(self, target: str) -> bool:
         """Whether ``target`` is in a tmpfs this plan mounted and not made there yet: a step
         makes it first, without trying it (where the mount would fail with ENOENT). It
         counts as made from here on."""
-        parent = target.rpartition("/")[0]
-        if parent not in self.empty or target in self.made or target in self.links \
-                or "/." in target:
+        fresh = self.mounted.get(target.rpartition("/")[0])
+        if fresh is None or not fresh[1] or target in self.made or not self._plain(target):
             return False
         self.made.add(target)
         return True
@@ -166,13 +170,13 @@ class _InRoot:
     def _fresh(self, target: str) -> str | None:
         """The host path of ``target`` where it lies in a filesystem this plan mounted (and
         not in a link the plan made), else None."""
-        if target in self.links or "/." in target or "//" in target:
-            return None  # a link the plan made; ".." and the like: resolved the long way
-        best, host = "", None
+        if not self._plain(target):
+            return None
+        best, fresh = "", None
         for point, at in self.mounted.items():
             if len(point) >= len(best) and (target == point or target.startswith(point + "/")):
-                best, host = point, at
-        return None if host is None else host + target[len(best):]
+                best, fresh = point, at
+        return None if fresh is None else fresh[0] + target[len(best):]
 
     def path(self, op: MountOp, *, follow_last: bool = True) -> str:
         if not op.in_root:
@@ -207,10 +211,8 @@ class _InRoot:
             point = op.target.rstrip("/")
             for hidden in [p for p in self.mounted if p.startswith(point + "/")]:
                 del self.mounted[hidden]  # under what was just mounted over them
-            self.mounted[point] = host if op.kind == "mount" and host else None
-            self.empty = {p for p in self.empty if p != point and not p.startswith(point + "/")}
-            if op.kind == "mount" and op.fstype == "tmpfs" and host:
-                self.empty.add(point)
+            fresh = op.kind == "mount" and host
+            self.mounted[point] = (host, op.fstype == "tmpfs") if fresh else None
         elif op.kind == "symlink":
             self.links.add(op.target)
 
@@ -250,30 +252,29 @@ def _touch(path: str) -> None:
 
 
 def _mount_made(source: str | None, target: str, fstype: str | None, flags: int,
-                data: str | None, make: Callable[[str], None]) -> None:
+                data: str | None, make: Callable[[str], None], new: bool = False) -> None:
     """mount(2), making the missing target with ``make`` first. Most targets exist, so the
-    mount is tried first: a step is then one syscall, not five."""
-    try:
-        sc.mount(source, target, fstype, flags, data)
-    except FileNotFoundError:
+    mount is tried first: a step is then one syscall, not five. ``new``: the target is known
+    not to exist yet (``_InRoot.new_in_empty``), so it is made without trying."""
+    if new:
         make(target)
-        sc.mount(source, target, fstype, flags, data)
+    else:
+        try:
+            sc.mount(source, target, fstype, flags, data)
+            return
+        except FileNotFoundError:
+            make(target)
+    sc.mount(source, target, fstype, flags, data)
 
 
 def _bind(op: MountOp, target: str, new: bool = False) -> None:
-    """``new``: the target is known not to exist yet (``_InRoot.new_in_empty``)."""
     def make(path: str) -> None:
         if os.path.isdir(op.source) and not os.path.islink(op.source):
             _mkdirs(path)
         elif new or not os.path.lexists(path):  # a dangling link stays (and fails as it did)
             _touch(path)
 
-    flags = sc.MS_BIND | (op.flags & sc.MS_REC)
-    if new:
-        make(target)
-        sc.mount(op.source, target, None, flags, None)
-    else:
-        _mount_made(op.source, target, None, flags, None, make)
+    _mount_made(op.source, target, None, sc.MS_BIND | (op.flags & sc.MS_REC), None, make, new)
 
 
 def _mask(target: str) -> None:
@@ -298,11 +299,8 @@ def _do(op: MountOp, paths: _InRoot, join_net: Callable[[], None] | None) -> Non
     kind = op.kind
     if kind == "mount":
         target = paths.path(op)
-        if paths.new_in_empty(op.target):
-            _mkdirs(target)
-            sc.mount(op.source, target, op.fstype, op.flags, op.data or None)
-        else:
-            _mount_made(op.source, target, op.fstype, op.flags, op.data or None, _mkdirs)
+        _mount_made(op.source, target, op.fstype, op.flags, op.data or None, _mkdirs,
+                    paths.new_in_empty(op.target))
         paths.changed(op, target)
         return
     if kind == "bind":
