@@ -19,9 +19,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["proc_start_time", "alive", "rfc3339", "parse_time", "read_state", "write_state",
-           "update_state", "read_hostconfig", "write_hostconfig", "state_lock", "EXIT_SUFFIX",
-           "container_processes", "children_of", "LIVE", "OWNED_SUFFIX", "owned",
+__all__ = ["proc_stat", "proc_start_time", "alive", "rfc3339", "parse_time", "read_state",
+           "write_state", "update_state", "read_hostconfig", "write_hostconfig", "state_lock",
+           "EXIT_SUFFIX", "container_processes", "children_of", "LIVE", "OWNED_SUFFIX", "owned",
            "owned_marker"]
 
 EXIT_SUFFIX = ".exit"  # containers/<id>.exit: the last status of an --rm container
@@ -41,15 +41,21 @@ def owned(state: dict[str, Any]) -> bool:
     return state.get("status") in LIVE and "monitor_pid" in state
 
 
+def proc_stat(pid: int) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command's name, field 3 (the state) first;
+    empty if the process is gone."""
+    try:
+        data = read_bytes(f"/proc/{pid}/stat")
+    except OSError:
+        return []
+    return data[data.rfind(b")") + 2:].split()
+
+
 def proc_start_time(pid: int) -> int:
     """Field 22 of ``/proc/PID/stat`` (start time in ticks), 0 if the process is gone."""
     if pid <= 0:
         return 0
-    try:
-        data = read_bytes(f"/proc/{pid}/stat")
-    except OSError:
-        return 0
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = proc_stat(pid)
     try:
         if fields[0] == b"Z":
             return 0  # a zombie is as good as gone
@@ -107,12 +113,10 @@ def write_state(cdir: str, state: dict[str, Any], *, marked: bool = False) -> No
     tmp = os.path.join(cdir, f".state-{os.getpid()}.tmp")
     write_bytes(tmp, json.dumps(state).encode())
     marker = owned_marker(cdir)
-    if owned(state):
-        if not marked:
-            write_bytes(marker, b"")
-        os.replace(tmp, _state_path(cdir))
-    else:
-        os.replace(tmp, _state_path(cdir))
+    if owned(state) and not marked:
+        write_bytes(marker, b"")
+    os.replace(tmp, _state_path(cdir))
+    if not owned(state):
         unlink_missing_ok(marker)
 
 

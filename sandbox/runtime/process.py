@@ -254,14 +254,11 @@ def _move_off(cpu: int) -> set[int]:
 
 def _cpu_of(pid: int) -> int:
     """The CPU process ``pid`` last ran on (``/proc/PID/stat``), -1 if unknown."""
+    from sandbox._cstate import proc_stat  # loaded already where this runs (the CLI)
+
     try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        return int(data.rsplit(b")", 1)[1].split()[36])  # field 39, "processor"
-    except (OSError, ValueError, IndexError):
+        return int(proc_stat(pid)[36])  # field 39, "processor"
+    except (ValueError, IndexError):
         return -1
 
 
