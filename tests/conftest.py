@@ -26,6 +26,23 @@ import imagekit  # noqa: E402
 pytest_plugins = ["pytester"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every command the suite starts gets SIGINT and SIGQUIT as a terminal's shell gives them.
+
+    A shell without job control starts a background command (``pytest ... &``, as a CI script
+    or ``nohup`` does) with both ignored, and an ignored signal stays ignored across fork and
+    exec: Python then installs no Ctrl-C handler, and the tests of what Ctrl-C does to a
+    command (exit 130, nothing left behind) would watch it run to the end instead. A handled
+    signal is reset to the default in the child at exec, which is what a command started from
+    an interactive shell has."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 @functools.cache
 def userns_problem() -> str | None:
     """None when unprivileged user namespaces work here, else why not."""
