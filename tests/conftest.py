@@ -29,8 +29,8 @@ pytest_plugins = ["pytester"]
 def pytest_configure(config: pytest.Config) -> None:
     """Every command the suite starts gets SIGINT and SIGQUIT as a terminal's shell gives them.
 
-    A shell without job control starts a background command (``pytest ... &``, as a CI script
-    or ``nohup`` does) with both ignored, and an ignored signal stays ignored across fork and
+    A shell without job control (a script, a CI step) starts a background command
+    (``pytest ... &``) with both ignored, and an ignored signal stays ignored across fork and
     exec: Python then installs no Ctrl-C handler, and the tests of what Ctrl-C does to a
     command (exit 130, nothing left behind) would watch it run to the end instead. A handled
     signal is reset to the default in the child at exec, which is what a command started from
