@@ -22,18 +22,40 @@ if TYPE_CHECKING:
 __all__ = ["proc_stat", "proc_start_time", "alive", "rfc3339", "parse_time", "read_state",
            "write_state", "update_state", "read_hostconfig", "write_hostconfig", "state_lock",
            "EXIT_SUFFIX", "container_processes", "children_of", "LIVE", "OWNED_SUFFIX", "owned",
-           "owned_marker"]
+           "owned_marker", "mark_starting", "starting_owner"]
 
 EXIT_SUFFIX = ".exit"  # containers/<id>.exit: the last status of an --rm container
 # containers/<id>.owned: the container's state names an owner (monitor or foreground CLI) whose
 # death must be noticed; ``lifecycle.cleanup_stale`` looks at these alone, not at every container
-# (it ran on every `run`, reading each container's state: 11 us a container).
+# (it ran on every `run`, reading each container's state: 11 us a container). A foreground run
+# makes it before the state says running, holding the run's and PID 1's identities
+# (``mark_starting``), so a run killed in between is found too.
 OWNED_SUFFIX = ".owned"
+_STARTING_KEYS = ("monitor_pid", "monitor_start", "init_pid", "init_start")
 LIVE = ("running", "paused")
 
 
 def owned_marker(cdir: str) -> str:
     return os.path.normpath(cdir) + OWNED_SUFFIX
+
+
+def mark_starting(cdir: str, owner: tuple[int, int], init: tuple[int, int]) -> None:
+    """The owned marker of a container a foreground run is starting: the run's (pid, start
+    time) and its PID 1's. Made as soon as PID 1 exists, while the state still says "created";
+    the running state replaces it with one that names the same owner."""
+    write_bytes(owned_marker(cdir), " ".join(map(str, (*owner, *init))).encode())
+
+
+def starting_owner(cdir: str) -> dict[str, int]:
+    """What ``mark_starting`` wrote, as state keys (``monitor_pid``, ``monitor_start``,
+    ``init_pid``, ``init_start``); empty where the marker is missing or holds nothing (the
+    marker of a state that names its owner itself)."""
+    try:
+        fields = read_bytes(owned_marker(cdir)).split()
+        values = [int(f) for f in fields]
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(_STARTING_KEYS, values, strict=True)) if len(values) == 4 else {}
 
 
 def owned(state: dict[str, Any]) -> bool:

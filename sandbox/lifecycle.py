@@ -20,7 +20,7 @@ from sandbox import _json as json
 from sandbox import _sig as _signal
 from sandbox._record import field, record, replace
 from sandbox.errors import ContainerNotFound, InvalidStateTransition, SandboxError, SpecError
-from sandbox.store import unlink_missing_ok, write_bytes
+from sandbox.store import unlink_missing_ok
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _resolve(engine: Engine, ref: str) -> tuple[str, str, dict[str, Any]]:
 
 def _checked_state(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     st = cs.read_state(cdir)
-    if _owner_died(st):
+    if _owner_died(st) or _died_starting(cdir, st):
         st = _reap_stale(engine, cid, cdir, cfg)
     return st
 
@@ -129,6 +129,18 @@ def _owner_died(st: dict[str, Any]) -> bool:
     an owner (``Engine.run`` of the runtime core) is trusted as it is."""
     return cs.owned(st) and not cs.alive(
         int(st.get("monitor_pid") or 0), int(st.get("monitor_start") or 0))
+
+
+def _died_starting(cdir: str, st: dict[str, Any]) -> dict[str, int]:
+    """For a container still "created" whose marker names the foreground run starting it
+    (``_cstate.mark_starting``): that run and its PID 1, when the run is gone (killed before it
+    could record the container running); else empty."""
+    if st.get("status") != "created":
+        return {}
+    owner = cs.starting_owner(cdir)
+    if not owner or cs.alive(owner["monitor_pid"], owner["monitor_start"]):
+        return {}
+    return owner
 
 
 def _to_state(cid: str, cfg: dict[str, Any], st: dict[str, Any]) -> ContainerState:
@@ -174,20 +186,25 @@ def _spec(cfg: dict[str, Any]) -> ContainerSpec:
 # -- stale owners -------------------------------------------------------------------------------
 
 def _reap_stale(engine: Engine, cid: str, cdir: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The owner of a live container was seen dead: kill what is left, record the truth.
+    """The owner of a live container, or the foreground run starting one, was seen dead: kill
+    what is left, record the truth (an ``--rm`` container goes).
 
     The state is read again here, not taken from the caller: what the caller read while the
     owner lived may predate the exit the owner recorded just before it went (written before
     it died, so in the file now). Going by the older read turned exit statuses into 137.
     """
     st = cs.read_state(cdir)
-    if not _owner_died(st):
+    died = _owner_died(st)
+    starting = {} if died else _died_starting(cdir, st)
+    if not died and not starting:
         return st
-    _ctl.kill_leftovers(st)
+    _ctl.kill_leftovers(starting or st)
     _ctl.unmount_rootfs(cfg)
     _drop_cgroup(str(st.get("cgroup") or ""))
     st.update(status="exited", cgroup="", exit_code=137, pid=0, init_pid=0, cpid=0,
-              finished_at=cs.rfc3339(), error="the container's monitor died (killed?)")
+              finished_at=cs.rfc3339(),
+              error="the container's owner died while starting it (killed?)" if starting
+              else "the container's monitor died (killed?)")
     remove_it = bool(cfg.get("spec", {}).get("remove"))
     try:
         if remove_it:
@@ -219,7 +236,8 @@ def cleanup_stale(engine: Engine) -> int:
         if not os.path.isdir(cdir):  # a removal cut short between the directory and the marker
             unlink_missing_ok(cs.owned_marker(cdir))
             continue
-        if not _owner_died(cs.read_state(cdir)):
+        st = cs.read_state(cdir)
+        if not _owner_died(st) and not _died_starting(cdir, st):
             continue
         try:
             _reap_stale(engine, cid, cdir, engine.load_config(cid))
@@ -443,11 +461,12 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
 
         def forked(gpid: int) -> None:
             """While PID 1 sets the container up: what the running state needs that is known
-            already, and the state's owned marker (harmless before the state: only an owned
-            state is checked)."""
+            already, and the state's owned marker, naming this process and PID 1: if this
+            process is killed before it records the container running, ``cleanup_stale``
+            finds the container by it (``_died_starting``)."""
             early.update(init_start=cs.proc_start_time(gpid), monitor_start=cs.proc_start_time(me))
             try:
-                write_bytes(cs.owned_marker(cdir), b"")
+                cs.mark_starting(cdir, (me, early["monitor_start"]), (gpid, early["init_start"]))
                 early["marked"] = True
             except OSError:
                 pass

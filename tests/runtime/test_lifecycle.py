@@ -663,6 +663,88 @@ def test_cleanup_reads_only_the_containers_an_owner_holds(engine, monkeypatch):
     assert not os.path.exists(cs.owned_marker(dead.container_dir))
 
 
+def _gone_process() -> tuple[int, int]:
+    """(pid, start time) of a process that existed and has exited."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"])
+    start = 0
+    while not start:
+        start = cs.proc_start_time(proc.pid)
+    proc.kill()
+    proc.wait()
+    return proc.pid, start
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_a_run_killed_while_starting_its_container_is_reaped(engine, remove):
+    """A foreground run SIGKILLed after PID 1's fork but before it recorded the container
+    running leaves a "created" container whose marker names the run and PID 1
+    (``mark_starting``). The next cleanup finds the run gone: the container is recorded as
+    exited (137, with why), or removed when it was ``--rm``."""
+    spec = lc.create(engine, "busybox", ["true"], RunOptions(remove=remove))
+    engine.made.append(spec.id)
+    cs.mark_starting(spec.container_dir, _gone_process(), _gone_process())
+    assert lc.cleanup_stale(engine) == 1
+    if remove:
+        assert not os.path.exists(spec.container_dir)
+        assert spec.id not in [s.id for s in lc.list_containers(engine, all=True)]
+    else:
+        st = cs.read_state(spec.container_dir)
+        assert (st["status"], st["exit_code"]) == ("exited", 137)
+        assert "while starting" in st["error"]
+    assert not os.path.exists(cs.owned_marker(spec.container_dir))
+
+
+def test_a_container_being_started_by_a_live_run_is_left_alone(engine):
+    """The same marker with a live owner (this process): still "created", not reaped, and
+    an empty or garbled marker names nobody."""
+    spec = lc.create(engine, "busybox", ["true"], RunOptions())
+    engine.made.append(spec.id)
+    me = (os.getpid(), cs.proc_start_time(os.getpid()))
+    pid_1 = _gone_process()
+    cs.mark_starting(spec.container_dir, me, pid_1)
+    assert cs.starting_owner(spec.container_dir) == {
+        "monitor_pid": me[0], "monitor_start": me[1], "init_pid": pid_1[0],
+        "init_start": pid_1[1]}
+    assert lc.cleanup_stale(engine) == 0
+    assert lc.state(engine, spec.id).status == "created"
+    for garbage in (b"", b"12 x 3 4", b"1 2 3"):
+        Path(cs.owned_marker(spec.container_dir)).write_bytes(garbage)
+        assert cs.starting_owner(spec.container_dir) == {}
+        assert lc.state(engine, spec.id).status == "created"
+
+
+def test_a_foreground_run_marks_its_container_with_itself_and_pid_1(cli, busybox_image,
+                                                                     session_store: Path):
+    """What a real ``run`` writes in the marker is what its running state then records."""
+    import subprocess
+
+    name = f"marked{os.getpid()}"
+    proc = cli.popen("run", "--name", name, "busybox", "sleep", "30",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cid = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = cli("ps", "-q", "--no-trunc", "--filter", f"name={name}")
+            cid = r.stdout.strip()
+            if cid and cs.read_state(str(session_store / "containers" / cid)).get(
+                    "status") == "running":
+                break
+            time.sleep(0.05)
+        cdir = str(session_store / "containers" / cid)
+        st = cs.read_state(cdir)
+        assert st["status"] == "running" and st["monitor_pid"] == proc.pid
+        owner = cs.starting_owner(cdir)
+        assert owner == {k: st[k] for k in ("monitor_pid", "monitor_start", "init_pid",
+                                             "init_start")}
+    finally:
+        proc.kill()
+        proc.wait()
+        cli("rm", "-f", name)
+
+
 def test_the_owned_marker_lives_as_long_as_the_owned_state(engine):
     s = run_d(engine, ["sleep", "60"])
     marker = cs.owned_marker(engine.store.container_dir(s.id))
