@@ -5,7 +5,8 @@ created it), ``state.json`` (lifecycle), ``upper/`` and ``work/`` (the writable 
 files bound over ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``, and with the fuse
 and copy drivers the mount point ``rootfs/`` (kernel overlayfs mounts at the store's ``mnt/``,
 in the container's own mount namespace). Beside it, ``<id>.owned`` while its state names a live
-owner (``_cstate.write_state``) and ``<id>.exit`` for a while after an ``--rm`` one is gone.
+owner (``_cstate.write_state``), or while a foreground run is starting it (naming the run and its
+PID 1: ``_cstate.mark_starting``), and ``<id>.exit`` for a while after an ``--rm`` one is gone.
 """
 
 from __future__ import annotations
