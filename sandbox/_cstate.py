@@ -41,8 +41,11 @@ def owned_marker(cdir: str) -> str:
 
 def mark_starting(cdir: str, owner: tuple[int, int], init: tuple[int, int]) -> None:
     """The owned marker of a container a foreground run is starting: the run's (pid, start
-    time) and its PID 1's. Made as soon as PID 1 exists, while the state still says "created";
-    the running state replaces it with one that names the same owner."""
+    time) and its PID 1's ((0, 0) where PID 1 is not known yet: ``_control.kill_leftovers``
+    then has no process to look for, and the container's processes end with the run by their
+    parent-death signals). Made as soon as the container's first process exists, while the
+    state still says "created"; the running state replaces it with one that names the same
+    owner."""
     write_bytes(owned_marker(cdir), " ".join(map(str, (*owner, *init))).encode())
 
 

@@ -461,10 +461,11 @@ def run_foreground(engine: Engine, spec: ContainerSpec,
 
         def forked(gpid: int) -> None:
             """While PID 1 sets the container up: what the running state needs that is known
-            already, and the state's owned marker, naming this process and PID 1: if this
-            process is killed before it records the container running, ``cleanup_stale``
-            finds the container by it (``_died_starting``)."""
-            early.update(init_start=cs.proc_start_time(gpid), monitor_start=cs.proc_start_time(me))
+            already, and the state's owned marker, naming this process and PID 1 (``gpid``,
+            0 where not known yet): if this process is killed before it records the container
+            running, ``cleanup_stale`` finds the container by it (``_died_starting``)."""
+            early.update(init_start=cs.proc_start_time(gpid) if gpid else 0,
+                         monitor_start=cs.proc_start_time(me))
             try:
                 cs.mark_starting(cdir, (me, early["monitor_start"]), (gpid, early["init_start"]))
                 early["marked"] = True

@@ -106,8 +106,9 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
     Where C must be a process of its own (a fuse server or an in-memory layer to hold, a
     network helper to start from outside, threads), C is forked or spawned as without it.
 
-    ``on_forked``, for an inline start: called with G's pid as soon as G exists, to use the
-    time G takes to set the container up (this process only waits meanwhile).
+    ``on_forked``: called with G's pid as soon as G exists, to use the time G takes to set the
+    container up (this process only waits meanwhile); where C is a process of its own, with 0
+    as soon as C exists (G's pid is known only once the handshake has it).
 
     Our signals go to the container from the moment it exists: through ``forwarder`` if the
     caller installed one, else through one installed here (main thread only), which ``wait``
@@ -141,6 +142,8 @@ def start(spec: ContainerSpec, mapping: IdMapping, forwarder: Forwarder | None =
     csock.close()
     started = Started(pid, forwarder)
     try:
+        if on_forked is not None:
+            on_forked(0)
         _handshake(psock, started, mapping, spec.network, cgroup)
     finally:
         psock.close()
