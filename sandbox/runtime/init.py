@@ -448,9 +448,7 @@ def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
         os.setresuid(uid, uid, uid)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
-            raise SetupFailed("SpecError", f"user {uid}:{gid} is not mapped in this container "
-                              "(single-uid mode maps only 0; add ranges to /etc/subuid and "
-                              "/etc/subgid)") from None
+            raise SetupFailed("SpecError", _unmapped_user(uid, gid, spec.map_mode)) from None
         raise
     if uid == 0:
         sc.set_caps(caps, caps, frozenset())
@@ -458,6 +456,20 @@ def _drop_privileges(spec: ContainerSpec) -> dict[str, str]:
     if pdeathsig:
         sc.set_pdeathsig(pdeathsig)
     return {"HOME": home}
+
+
+def _unmapped_user(uid: int, gid: int, map_mode: str) -> str:
+    """Why ``-u uid:gid`` cannot be taken: the ids this container's maps cover."""
+    if map_mode != "subuid":
+        return (f"user {uid}:{gid} is not mapped in this container (single-uid mode maps only "
+                "0; add ranges to /etc/subuid and /etc/subgid)")
+    tops = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/self/{name}", "rb") as f:  # "inside outside count" a line
+            rows = [line.split() for line in f.read().splitlines()]
+        tops.append(max(int(row[0]) + int(row[2]) - 1 for row in rows))
+    return (f"user {uid}:{gid} is not mapped in this container (it has uids 0-{tops[0]} and "
+            f"gids 0-{tops[1]}: the size of the ranges in /etc/subuid and /etc/subgid)")
 
 
 # What a command starts with at the default disposition: the signals this interpreter handles

@@ -68,6 +68,20 @@ def test_single_uid_mode_maps_only_root_and_denies_setgroups(cli, busybox_image,
     assert "not mapped" in r.stderr
 
 
+@pytest.mark.requires_subuid
+def test_a_user_beyond_the_subuid_ranges_is_refused_naming_the_mapped_ids(cli, busybox_image):
+    """With subuid ranges, ``-u`` past their size fails as the single-uid case does, but the
+    message gives the ids the ranges map (not single-uid mode's advice to add ranges)."""
+    r = cli("run", "--rm", busybox_image, "cat", "/proc/self/uid_map")
+    top = max(int(row.split()[0]) + int(row.split()[2]) - 1 for row in r.stdout.splitlines())
+    r = cli("run", "--rm", "-u", str(top + 1), busybox_image, "true")
+    assert r.returncode == 125
+    assert r.stderr.strip() == (
+        f"sandbox: user {top + 1}:0 is not mapped in this container (it has uids 0-{top} and "
+        f"gids 0-{top}: the size of the ranges in /etc/subuid and /etc/subgid)"), r.stderr
+    assert cli("run", "--rm", "-u", str(top), busybox_image, "true").returncode == 0
+
+
 def test_writes_to_root_stay_in_the_container_layer(cli, busybox_image):
     r = cli("run", "--rm", busybox_image, "sh", "-c",
             "echo x > /etc/x && rm /bin/ls && cat /etc/x")
