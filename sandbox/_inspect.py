@@ -131,6 +131,21 @@ def _lookup(obj: Any, path: str) -> Any:
     return obj
 
 
+# Fields of Docker's Config whose Go types are slices or maps: a nil one prints as the empty
+# value of its type, where an untyped nil prints "<no value>" (``docker inspect -f
+# '{{.Config.Entrypoint}}'`` of an image without one prints "[]"; ``{{json ...}}`` gives null).
+_NIL_AS = {"cmd": "[]", "entrypoint": "[]", "env": "[]", "shell": "[]", "onbuild": "[]",
+           "volumes": "map[]", "labels": "map[]", "exposedports": "map[]"}
+
+
+def _render_at(obj: Any, path: str) -> str:
+    """``_render`` of the value at ``path``, a nil printed as its Go type would print."""
+    value = _lookup(obj, path)
+    if value is None:
+        return _NIL_AS.get(path.rpartition(".")[2].lower(), "<no value>")
+    return _render(value)
+
+
 def _render(value: Any) -> str:
     import json
 
@@ -177,8 +192,8 @@ def format_template(fmt: str, obj: Any) -> str:
         if fn == "println":
             return " ".join(_render(v) for v in vals) + "\n"
         if fn:
-            return _render(_lookup(obj, fn)) if fn.startswith(".") else fn
-        return _render(vals[0] if vals else obj)
+            return _render_at(obj, fn) if fn.startswith(".") else fn
+        return _render_at(obj, args[0]) if args else _render(obj)
 
     fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
     if fmt.strip() == "json":
