@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import sys
 
-from sandbox.errors import UsageError
+from sandbox.errors import SandboxError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import Any, BinaryIO, NoReturn
 
-__all__ = ["Parser", "parse", "REMAINDER", "Namespace"]
+__all__ = ["Parser", "parse", "REMAINDER", "Namespace", "write_output"]
 
 REMAINDER = "..."  # argparse.REMAINDER's value, so either constant works
 
@@ -275,3 +275,26 @@ class Parser:
 
 def parse(parser: Parser, argv: list[str]) -> Namespace:
     return parser.parse_args(argv)
+
+
+def write_output(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """``-o FILE`` (``save``, ``export``): ``write`` fills a temp file beside ``path``, renamed
+    into place once whole; nothing is left when it fails, Ctrl-C included. A place that cannot
+    be written is a one-line error naming ``path``."""
+    import os
+
+    from sandbox.store import unlink_missing_ok
+
+    target = os.path.abspath(path)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        out = open(tmp, "wb")  # noqa: SIM115 - closed below, before the rename
+    except OSError as exc:
+        raise SandboxError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with out:
+            write(out)
+        os.replace(tmp, target)
+    except BaseException:
+        unlink_missing_ok(tmp)
+        raise

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
-from sandbox.cli._args import Parser, parse
+from sandbox.cli._args import Parser, parse, write_output
 from sandbox.errors import SandboxError, UsageError
 
 __all__ = ["main"]
@@ -34,16 +33,7 @@ def cmd_save(argv: list[str]) -> int:
                              hint="use the -o flag or redirect")
         save(images, args.images, sys.stdout.buffer, fmt=args.format)
         return 0
-    target = os.path.abspath(args.output)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as out:
-            save(images, args.images, out, fmt=args.format)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_output(args.output, lambda out: save(images, args.images, out, fmt=args.format))
     return 0
 
 

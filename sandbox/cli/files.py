@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
-from sandbox.cli._args import Parser, parse
+from sandbox.cli._args import Parser, parse, write_output
 from sandbox.errors import UsageError
 
 __all__ = ["main"]
@@ -109,14 +108,7 @@ def cmd_export(argv: list[str]) -> int:
                          hint="use the -o flag or redirect")
     engine = _engine()
     if args.output:
-        tmp = args.output + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                lifecycle.export(engine, args.container, f)
-            os.replace(tmp, args.output)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_output(args.output, lambda out: lifecycle.export(engine, args.container, out))
     else:
         lifecycle.export(engine, args.container, sys.stdout.buffer)
     return 0

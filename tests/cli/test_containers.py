@@ -228,6 +228,11 @@ def test_cp_diff_commit_export(cli, ctr, tmp_path: Path):
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert "one" in names and "two" in names and "etc/group" not in names
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("fs.tar")] == ["fs.tar"]
+    r = cli("export", "-o", str(tmp_path / "missing" / "fs.tar"), cid)
+    assert (r.returncode, r.stderr) == (
+        125, f"sandbox: cannot write {tmp_path / 'missing' / 'fs.tar'}: No such file or "
+             "directory\n")
     raw = subprocess.run([sys.executable, "-m", "sandbox", "cp", f"{cid}:/one", "-"],
                          capture_output=True, env=cli.env, check=False)
     assert tarfile.open(fileobj=io.BytesIO(raw.stdout)).getnames() == ["one"]

@@ -326,6 +326,19 @@ def test_search_without_a_search_api_says_so(sb: Sandbox, registries: Registries
     assert "does not offer search" in line
 
 
+def test_save_to_a_place_that_cannot_be_written_names_it_and_leaves_nothing(
+        sb: Sandbox, busybox_tar: Path, tmp_path: Path) -> None:
+    """``save -o`` (and ``export -o``, the same helper) into a missing directory: one line
+    naming the path asked for, not the temp file beside it; a good path gets the archive and
+    no temp file is left."""
+    sb("import", str(busybox_tar), "bb")
+    missing = tmp_path / "missing" / "x.tar"
+    assert sb.fails("save", "-o", str(missing), "bb") == (
+        f"sandbox: cannot write {missing}: No such file or directory")
+    sb("save", "-o", str(tmp_path / "x.tar"), "bb")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x.tar")) == ["x.tar"]
+
+
 def test_search_of_a_registry_with_the_v1_api(sb: Sandbox, fake: FakeRegistry) -> None:
     from registry_fixtures import send
 
