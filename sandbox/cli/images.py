@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.cli._args import Parser, parse
-from sandbox.errors import SandboxError, UsageError
+from sandbox.errors import ImageNotFound, SandboxError, UsageError
 
 __all__ = ["main", "human_size", "human_ago"]
 
@@ -337,6 +337,9 @@ def cmd_rmi(argv: list[str]) -> int:
         try:
             for line in engine.images.remove(ref, force=args.force, in_use=in_use):
                 sys.stdout.write(line + "\n")
+        except ImageNotFound:  # Docker's words: there is nothing to pull here
+            sys.stderr.write(f"sandbox: no such image: {ref}\n")
+            code = 1
         except SandboxError as err:
             sys.stderr.write(f"sandbox: {err.one_line()}\n")
             code = 1

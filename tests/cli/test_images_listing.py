@@ -92,6 +92,13 @@ def test_plain_inspect_of_an_image_is_the_image_inspect_document(sb: Sandbox) ->
     assert "not a valid value for --type" in sb.fails("inspect", "--type", "thing", "base:1")
 
 
+def test_rmi_of_a_missing_image_says_so_and_goes_on(sb: Sandbox) -> None:
+    proc = sb("rmi", "nothing:here", "base:1", ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr == "sandbox: no such image: nothing:here\n"
+    assert proc.stdout.startswith("Untagged: base:1\n")
+
+
 def test_rmi_of_an_image_a_container_uses(sb: Sandbox) -> None:
     image_id = _id(sb, "base:1")
     short = image_id[7:19]
