@@ -488,7 +488,13 @@ def cmd_logs(argv: list[str]) -> int:
     args = parse(p, argv)
     from sandbox import lifecycle
 
-    tail = None if args.tail == "all" else int(args.tail)
+    try:
+        tail = None if args.tail == "all" else int(args.tail)
+    except ValueError:
+        raise UsageError(f"invalid value for --tail: {args.tail!r}",
+                         hint="a number of lines, or all") from None
+    if tail is not None and tail < 0:
+        tail = None  # as Docker: a negative count is all of it
     out, err = sys.stdout.buffer, sys.stderr.buffer
     for stream, line in lifecycle.logs(_engine(), args.container, tail=tail, since=args.since,
                                        until=args.until, follow=args.follow,

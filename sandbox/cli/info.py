@@ -151,11 +151,17 @@ def main(command: str, argv: list[str]) -> int:
         sys.stdout.write(f"sandbox version {_version()} (Python {platform.python_version()})\n")
         return 0
     p = Parser("info", "Display system-wide information")
-    p.add_argument("-f", "--format", default="", help="json, or text (the default)")
+    p.add_argument("-f", "--format", default="",
+                   help="json, a Go template over the json's fields ('{{.idmap.mode}}'), or "
+                        "text (the default)")
     args = parse(p, argv)
     info = collect_info()
     if args.format == "json" or args.format == "{{json .}}":
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    elif args.format:
+        from sandbox._inspect import format_template
+
+        sys.stdout.write(format_template(args.format, info) + "\n")
     else:
         sys.stdout.write(_text(info))
     return 0

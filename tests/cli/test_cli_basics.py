@@ -91,6 +91,8 @@ def test_info_text_and_json_agree(cli):
     assert f"ID mapping:       {info['idmap']['mode']}" in text.stdout
     assert f"Storage driver:   {info['storage_driver']['name']}" in text.stdout
     assert "max_user_namespaces" in text.stdout
+    r = cli("info", "--format", "{{.idmap.mode}} {{.storage_driver.name}}")
+    assert r.stdout == f"{info['idmap']['mode']} {info['storage_driver']['name']}\n", r.stderr
 
 
 @pytest.mark.requires_userns

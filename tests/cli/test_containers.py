@@ -89,6 +89,11 @@ def test_logs_follow_follows(cli, ctr):
     assert cli("logs", "--tail", "2", cid).stdout == "n3\nn4\n"
     stamped = cli("logs", "-t", "--tail", "1", cid).stdout
     assert stamped.endswith(" n4\n") and stamped[:2] == "20"
+    assert cli("logs", "--tail", "-1", cid).stdout == "n1\nn2\nn3\nn4\n"  # all, as Docker
+    assert cli("logs", "--tail", "0", cid).stdout == ""
+    r = cli("logs", "-n", "some", cid)
+    assert (r.returncode, r.stderr) == (
+        125, "sandbox: invalid value for --tail: 'some' (a number of lines, or all)\n")
 
 
 def test_stop_signal_then_kill_after_timeout(cli, ctr):
