@@ -200,16 +200,21 @@ def host_options_from_args(args: Namespace) -> Any:
         raise SpecError("--network bridge needs a root daemon",
                         hint="use --network slirp4netns or pasta for outbound traffic, none "
                              "(published ports work) or host")
-    memory = 0
-    if args.memory:
-        from sandbox._logs import parse_size
-
-        memory = parse_size(args.memory)
+    memory = _size("--memory", args.memory)
+    nano = 0
+    if args.cpus:
+        try:
+            nano = int(float(args.cpus) * 1e9)
+        except ValueError:
+            nano = -1
+        if nano <= 0:
+            raise SpecError(f"invalid --cpus value {args.cpus!r}",
+                            hint="a number of CPUs above 0, such as 0.5 or 2")
     try:
-        nano = int(float(args.cpus) * 1e9) if args.cpus else 0
         pids = int(args.pids_limit) if args.pids_limit else 0
     except ValueError:
-        raise SpecError("invalid --cpus or --pids-limit value") from None
+        raise SpecError(f"invalid --pids-limit value {args.pids_limit!r}",
+                        hint="a number of processes, or -1 for no limit") from None
     if memory or nano or pids:
         from sandbox import _cgroups
 
@@ -221,13 +226,45 @@ def host_options_from_args(args: Namespace) -> Any:
     if ports and args.network == "host":
         sys.stderr.write("WARNING: Published ports are discarded when using host network "
                          "mode\n")
-    log_opts = dict(o.partition("=")[::2] for o in args.log_opt)
+    log_opts = _log_opts(args.log_opt)
     return HostOptions(
         ports=tuple(ports), publish_all=args.publish_all, restart=args.restart,
         stop_signal=args.stop_signal, stop_timeout=args.stop_timeout, init=args.init,
         ulimits=tuple(_ulimit(u) for u in args.ulimit), add_hosts=tuple(args.add_host),
         dns=tuple(args.dns), dns_search=tuple(args.dns_search), memory=memory,
         nano_cpus=nano, pids_limit=pids, log_opts=log_opts)
+
+
+def _size(flag: str, text: str) -> int:
+    """A size flag's bytes (``512m``, ``2g``, a byte count); 0 when not given."""
+    if not text:
+        return 0
+    from sandbox._logs import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError:
+        size = -1
+    if size <= 0:
+        raise SpecError(f"invalid {flag} value {text!r}", hint="a size such as 512m or 2g")
+    return size
+
+
+def _log_opts(items: list[str]) -> dict[str, str]:
+    """``--log-opt``: the json-file driver's ``max-size`` and ``max-file``, checked here so a
+    bad value fails before anything is created."""
+    opts = dict(o.partition("=")[::2] for o in items)
+    for key, value in opts.items():
+        if key == "max-size":
+            _size("--log-opt max-size", value)
+        elif key == "max-file":
+            if not value.isdigit() or int(value) < 1:
+                raise SpecError(f"invalid --log-opt max-file value {value!r}",
+                                hint="a number of files, 1 or more")
+        else:
+            raise SpecError(f"unknown log opt {key!r} for json-file log driver",
+                            hint="sandbox's logs take max-size and max-file")
+    return opts
 
 
 def main(command: str, argv: list[str]) -> int:

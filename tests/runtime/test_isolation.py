@@ -322,6 +322,14 @@ def test_command_not_executable_is_126(cli, busybox_image):
     (["--no-such-flag", "@IMAGE"], "unknown flag: --no-such-flag"),
     (["--network", "bridge", "@IMAGE", "true"], "bridge"),
     (["-w", "relative", "@IMAGE", "true"], "needs to be an absolute path"),
+    (["--memory", "10q", "@IMAGE", "true"], "invalid --memory value '10q' (a size such as"),
+    (["--cpus", "-1", "@IMAGE", "true"], "invalid --cpus value '-1'"),
+    (["--cpus", "many", "@IMAGE", "true"], "invalid --cpus value 'many'"),
+    (["--pids-limit", "x", "@IMAGE", "true"], "invalid --pids-limit value 'x'"),
+    (["--log-opt", "max-size=x", "@IMAGE", "true"], "invalid --log-opt max-size value 'x'"),
+    (["--log-opt", "max-file=0", "@IMAGE", "true"], "invalid --log-opt max-file value '0'"),
+    (["--log-opt", "colour=red", "@IMAGE", "true"],
+     "unknown log opt 'colour' for json-file log driver"),
 ])
 def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, args, message):
     before = set(os.listdir(session_store / "containers"))
