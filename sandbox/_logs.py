@@ -28,9 +28,12 @@ def parse_size(text: str) -> int:
     """``10m``, ``512k``, ``1g`` or a byte count."""
     units = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
     text = text.strip().lower().rstrip("b") or "0"
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except OverflowError:  # 1e999m: ValueError, as any size that is not one
+        raise ValueError(f"size out of range: {text}") from None
 
 
 class LogWriter:

@@ -219,10 +219,8 @@ def parse_env_list(items: list[str] | tuple[str, ...],
 
 def parse_env_file(path: str) -> list[str]:
     """Docker's ``--env-file``: one ``NAME=VALUE`` or ``NAME`` a line, ``#`` comments."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise SpecError(f"cannot read env file {path}: {exc.strerror}") from None
+    from sandbox.store import read_text
+
+    lines = read_text(path, "env file").splitlines()
     items = [ln.lstrip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     return parse_env_list(items)

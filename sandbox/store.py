@@ -30,7 +30,7 @@ import sys
 import time
 
 from sandbox import _json as json
-from sandbox.errors import DigestMismatch, StoreError
+from sandbox.errors import DigestMismatch, SpecError, StoreError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -225,6 +225,20 @@ def read_bytes(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_text(path: str, what: str) -> str:
+    """A UTF-8 text file the user named (``what``: "env file", "Dockerfile"): one that cannot
+    be read, or is not UTF-8 text, is a one-line ``SpecError`` naming it."""
+    try:
+        data = read_bytes(path)
+    except OSError as exc:
+        raise SpecError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"{what} {path} is not UTF-8 text (line {line})") from None
 
 
 def write_bytes(path: str, data: bytes, mode: int = 0o644, *, exclusive: bool = False) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.build._errors import IgnoreFileError
+from sandbox.store import read_text
 
 __all__ = ["IgnorePattern", "Matcher", "read_ignore_patterns", "load_dockerignore",
            "iter_context", "clean_path"]
@@ -242,7 +243,7 @@ def load_dockerignore(context_dir: str | os.PathLike[str], *,
     patterns: list[str] = []
     for candidate in candidates:
         if candidate.is_file():
-            patterns = read_ignore_patterns(candidate.read_text(encoding="utf-8"))
+            patterns = read_ignore_patterns(read_text(str(candidate), "ignore file"))
             break
     return Matcher(patterns, always_include=(dockerfile, ".dockerignore"))
 

@@ -59,14 +59,14 @@ def _pairs(items: list[str], what: str, *, from_env: bool) -> dict[str, str]:
 
 
 def _read_dockerfile(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
+    from sandbox.store import read_text
+
+    if not os.path.exists(path):
         raise UsageError(f"cannot locate specified Dockerfile: {path}",
-                         hint="check -f, or put a Dockerfile in the context") from None
-    except IsADirectoryError:
-        raise UsageError(f"the Dockerfile {path} is a directory") from None
+                         hint="check -f, or put a Dockerfile in the context")
+    if os.path.isdir(path):
+        raise UsageError(f"the Dockerfile {path} is a directory")
+    return read_text(path, "Dockerfile")
 
 
 def _stdin_context(store: Store, data: bytes) -> tuple[str | None, str | None]:

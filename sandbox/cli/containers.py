@@ -495,6 +495,15 @@ def cmd_logs(argv: list[str]) -> int:
                          hint="a number of lines, or all") from None
     if tail is not None and tail < 0:
         tail = None  # as Docker: a negative count is all of it
+    from sandbox._logs import parse_since
+
+    for flag, value in (("--since", args.since), ("--until", args.until)):
+        try:
+            parse_since(value)
+        except (ValueError, OverflowError):
+            raise UsageError(f"invalid value for {flag}: {value!r}",
+                             hint="a Unix time, a time such as 2024-01-02T03:04:05Z, or a "
+                                  "duration such as 10m") from None
     out, err = sys.stdout.buffer, sys.stderr.buffer
     for stream, line in lifecycle.logs(_engine(), args.container, tail=tail, since=args.since,
                                        until=args.until, follow=args.follow,

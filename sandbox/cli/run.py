@@ -205,7 +205,7 @@ def host_options_from_args(args: Namespace) -> Any:
     if args.cpus:
         try:
             nano = int(float(args.cpus) * 1e9)
-        except ValueError:
+        except (ValueError, OverflowError):
             nano = -1
         if nano <= 0:
             raise SpecError(f"invalid --cpus value {args.cpus!r}",

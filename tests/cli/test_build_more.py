@@ -100,6 +100,16 @@ def test_relative_dockerfile_path_from_cwd_then_context(cli, busybox_image: str,
         "which": "context"}
     proc = cli("build", "-f", "no/such.Dockerfile", str(ctx))
     assert proc.returncode == 125 and "cannot locate specified Dockerfile" in proc.stderr
+    (ctx / "binary.Dockerfile").write_bytes(b"FROM busybox\n\xff\xfe\n")
+    proc = cli("build", "-f", str(ctx / "binary.Dockerfile"), str(ctx))
+    assert (proc.returncode, proc.stderr) == (
+        125, f"sandbox: Dockerfile {ctx / 'binary.Dockerfile'} is not UTF-8 text (line 2)\n")
+    (ctx / ".dockerignore").write_bytes(b"\xff\n")
+    (ctx / "copy.Dockerfile").write_text("FROM busybox\nCOPY x.txt /\n")
+    proc = cli("build", "-f", str(ctx / "copy.Dockerfile"), str(ctx))
+    assert (proc.returncode, proc.stderr) == (
+        125, f"sandbox: Dockerfile:2: ignore file {ctx / '.dockerignore'} is not UTF-8 text "
+             "(line 1)\n")  # met by the COPY on line 2, which reads the context
 
 
 def test_build_arg_without_value_comes_from_the_environment(cli, busybox_image: str,

@@ -94,6 +94,11 @@ def test_logs_follow_follows(cli, ctr):
     r = cli("logs", "-n", "some", cid)
     assert (r.returncode, r.stderr) == (
         125, "sandbox: invalid value for --tail: 'some' (a number of lines, or all)\n")
+    for flag in ("--since", "--until"):
+        r = cli("logs", flag, "yesterday", cid)
+        assert r.returncode == 125 and r.stderr.startswith(
+            f"sandbox: invalid value for {flag}: 'yesterday' (a Unix time, "), r.stderr
+    assert cli("logs", "--since", "1h", cid).stdout == "n1\nn2\nn3\nn4\n"
 
 
 def test_stop_signal_then_kill_after_timeout(cli, ctr):

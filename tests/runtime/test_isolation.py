@@ -325,6 +325,8 @@ def test_command_not_executable_is_126(cli, busybox_image):
     (["--memory", "10q", "@IMAGE", "true"], "invalid --memory value '10q' (a size such as"),
     (["--cpus", "-1", "@IMAGE", "true"], "invalid --cpus value '-1'"),
     (["--cpus", "many", "@IMAGE", "true"], "invalid --cpus value 'many'"),
+    (["--cpus", "1e999", "@IMAGE", "true"], "invalid --cpus value '1e999'"),
+    (["--memory", "1e999g", "@IMAGE", "true"], "invalid --memory value '1e999g'"),
     (["--pids-limit", "x", "@IMAGE", "true"], "invalid --pids-limit value 'x'"),
     (["--log-opt", "max-size=x", "@IMAGE", "true"], "invalid --log-opt max-size value 'x'"),
     (["--log-opt", "max-file=0", "@IMAGE", "true"], "invalid --log-opt max-file value '0'"),

@@ -72,6 +72,10 @@ def test_env_file_skips_comments(tmp_path: Path):
     assert parse_env_file(str(f)) == ["A=1", "B=two words"]
     with pytest.raises(errors.SpecError, match="cannot read env file"):
         parse_env_file(str(tmp_path / "missing"))
+    f.write_bytes(b"A=1\nB=\xf0\x28\n")  # an archive given by mistake, say
+    with pytest.raises(errors.SpecError) as info:
+        parse_env_file(str(f))
+    assert info.value.one_line() == f"env file {f} is not UTF-8 text (line 2)"
 
 
 # -- plan ----------------------------------------------------------------------------------
