@@ -15,6 +15,7 @@ __all__ = [
     "Reference",
     "parse_reference",
     "is_image_id_prefix",
+    "search_index",
 ]
 
 DEFAULT_DOMAIN = "docker.io"
@@ -200,6 +201,17 @@ def _split_domain(name: str) -> tuple[str, str]:
     if domain == DEFAULT_DOMAIN and "/" not in remainder:
         remainder = OFFICIAL_REPO_PREFIX + remainder
     return domain, remainder
+
+
+def search_index(term: str) -> tuple[str, str]:
+    """``search``'s term as (registry, query): a first component that names a host (with a
+    '.' or ':', or ``localhost``) is the registry, checked as a reference's host is."""
+    first, sep, rest = term.partition("/")
+    if not sep or ("." not in first and ":" not in first and first != "localhost"):
+        return DEFAULT_DOMAIN, term
+    if not _is_domain(first):
+        raise InvalidReference(f"invalid registry host {first!r} in search term {term!r}")
+    return first, rest
 
 
 def parse_reference(text: str, *, default_tag: bool = True) -> Reference:

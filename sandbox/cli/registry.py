@@ -168,13 +168,10 @@ def cmd_search(argv: list[str]) -> int:
     p.add_argument("term")
     args = parse(p, argv)
     from sandbox.cli.images import fill_template, table
-    from sandbox.reference import DEFAULT_DOMAIN
+    from sandbox.reference import search_index
     from sandbox.registry import RegistryClient
 
-    registry, term = DEFAULT_DOMAIN, args.term
-    first, sep, rest = term.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        registry, term = first, rest
+    registry, term = search_index(args.term)
     with RegistryClient() as client:
         results = client.search(term, registry=registry, limit=args.limit)
     for flt in args.filter:
@@ -182,6 +179,8 @@ def cmd_search(argv: list[str]) -> int:
         if key == "is-official":
             results = [r for r in results if r.is_official == (value == "true")]
         elif key == "stars":
+            if not (value or "0").isdigit():
+                raise UsageError(f"invalid filter 'stars={value}'", hint="stars=N, a number")
             results = [r for r in results if r.star_count >= int(value or 0)]
         else:
             raise UsageError(f"invalid filter '{key}'")

@@ -348,6 +348,15 @@ def test_search_of_a_registry_with_the_v1_api(sb: Sandbox, fake: FakeRegistry) -
     out = sb("search", f"{fake.host}/busy").stdout.splitlines()
     assert out[0].split() == ["NAME", "DESCRIPTION", "STARS", "OFFICIAL"]
     assert out[1].split() == ["library/busybox", "tiny", "3", "[OK]"]
+    few = sb("search", "--filter", "stars=4", f"{fake.host}/busy").stdout.splitlines()
+    assert [row.split() for row in few] == [["NAME", "DESCRIPTION", "STARS", "OFFICIAL"]]
+    assert sb.fails("search", "--filter", "stars=many", f"{fake.host}/busy") == (
+        "sandbox: invalid filter 'stars=many' (stars=N, a number)")
+
+
+def test_search_of_a_term_whose_host_is_not_one(sb: Sandbox) -> None:
+    assert sb.fails("search", "../x") == (
+        "sandbox: invalid registry host '..' in search term '../x'")
 
 
 def test_save_load_through_a_pipe(sb: Sandbox, busybox_in_registry: str, tmp_path: Path) -> None:
