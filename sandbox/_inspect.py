@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sandbox.containers import Engine
     from sandbox.lifecycle import ContainerState
 
-__all__ = ["inspect_container", "top_rows", "sample_stats", "format_template"]
+__all__ = ["inspect_container", "top_rows", "sample_stats"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -114,91 +114,6 @@ def inspect_container(engine: Engine, cid: str, cfg: dict[str, Any], st: dict[st
         "NetworkSettings": {"Ports": ports, "IPAddress": "", "Networks": {
             spec.get("network", "none"): {}}},
     }
-
-
-# -- templates ------------------------------------------------------------------------------
-
-def _lookup(obj: Any, path: str) -> Any:
-    for part in [p for p in path.split(".") if p]:
-        if isinstance(obj, dict):
-            if part in obj:
-                obj = obj[part]
-            else:
-                low = {k.lower(): v for k, v in obj.items() if isinstance(k, str)}
-                obj = low.get(part.lower())
-        else:
-            obj = getattr(obj, part, None)
-    return obj
-
-
-# Fields of Docker's Config whose Go types are slices or maps: a nil one prints as the empty
-# value of its type, where an untyped nil prints "<no value>" (``docker inspect -f
-# '{{.Config.Entrypoint}}'`` of an image without one prints "[]"; ``{{json ...}}`` gives null).
-_NIL_AS = {"cmd": "[]", "entrypoint": "[]", "env": "[]", "shell": "[]", "onbuild": "[]",
-           "volumes": "map[]", "labels": "map[]", "exposedports": "map[]"}
-
-
-def _render_at(obj: Any, path: str) -> str:
-    """``_render`` of the value at ``path``, a nil printed as its Go type would print."""
-    value = _lookup(obj, path)
-    if value is None:
-        return _NIL_AS.get(path.rpartition(".")[2].lower(), "<no value>")
-    return _render(value)
-
-
-def _render(value: Any) -> str:
-    import json
-
-    if value is None:
-        return "<no value>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        if isinstance(value, dict):
-            return "map[" + " ".join(f"{k}:{_render(v)}" for k, v in sorted(value.items())) + "]"
-        return "[" + " ".join(_render(v) for v in value) + "]"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value) if not isinstance(value, bytes) else json.dumps(value.decode())
-
-
-def format_template(fmt: str, obj: Any) -> str:
-    """Go-template subset: ``{{.A.B}}``, ``{{json .A}}``, ``{{index .A "k"}}``, ``{{upper .X}}``,
-    ``{{lower .X}}``, ``{{join .L ","}}``; ``\\t``/``\\n`` escapes as docker's ``--format``."""
-    import json
-    import re
-    import shlex
-
-    def expr(m: re.Match[str]) -> str:
-        words = shlex.split(m.group(1).strip())
-        if not words:
-            return ""
-        fn, args = (words[0], words[1:]) if not words[0].startswith(".") else ("", words)
-        vals = [_lookup(obj, a) if a.startswith(".") else a for a in args]
-        if fn == "json":
-            return json.dumps(vals[0] if vals else obj)
-        if fn == "index":
-            base = vals[0]
-            for key in vals[1:]:
-                base = base.get(key) if isinstance(base, dict) else (
-                    base[int(key)] if isinstance(base, list) else None)
-            return _render(base)
-        if fn in ("upper", "lower", "title"):
-            return str(getattr(_render(vals[0]), fn)())
-        if fn == "join":
-            return str(vals[1]).join(_render(v) for v in (vals[0] or []))
-        if fn == "len":
-            return str(len(vals[0] or []))
-        if fn == "println":
-            return " ".join(_render(v) for v in vals) + "\n"
-        if fn:
-            return _render_at(obj, fn) if fn.startswith(".") else fn
-        return _render_at(obj, args[0]) if args else _render(obj)
-
-    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
-    if fmt.strip() == "json":
-        return json.dumps(obj)
-    return re.sub(r"\{\{-?(.*?)-?\}\}", expr, fmt)
 
 
 # -- /proc ------------------------------------------------------------------------------------

@@ -137,6 +137,31 @@ def _dir_size(path: str) -> int:
     return total
 
 
+_PS_FILTERS = ("status", "name", "id", "ancestor", "label", "exited")
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def _check_filters(filters: list[str]) -> None:
+    """``ps --filter``: each a KEY=VALUE this command knows, before anything is listed."""
+    import re
+
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if not eq or key not in _PS_FILTERS:
+            raise UsageError(f"invalid filter '{f}'",
+                             hint="filters: " + ", ".join(k + "=..." for k in _PS_FILTERS))
+        if key == "status" and value not in _STATUSES:
+            raise UsageError(f"invalid filter '{f}': unrecognised status",
+                             hint="one of " + ", ".join(_STATUSES))
+        if key == "exited" and not value.lstrip("-").isdigit():
+            raise UsageError(f"invalid filter '{f}': an exit code is a number")
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise UsageError(f"invalid filter '{f}': {exc}") from None
+
+
 def _match(s: Any, cfg: dict[str, Any], filters: list[str]) -> bool:
     import re
 
@@ -172,6 +197,7 @@ def cmd_ps(argv: list[str]) -> int:
     p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
     p.add_argument("-s", "--size", action="store_true", help="Display total file sizes")
     args = parse(p, argv)
+    _check_filters(args.filter)
     from sandbox import lifecycle
 
     engine = _engine()
@@ -200,7 +226,7 @@ def cmd_ps(argv: list[str]) -> int:
 
 def _print_rows(rows: list[dict[str, Any]], cols: list[str], heads: dict[str, str],
                 fmt: str) -> None:
-    from sandbox._inspect import format_template
+    from sandbox._template import render as format_template
     from sandbox.cli.images import table
 
     if fmt and fmt != "table":
@@ -210,10 +236,11 @@ def _print_rows(rows: list[dict[str, Any]], cols: list[str], heads: dict[str, st
             body = fmt[5:].strip()
             fields = re.findall(r"\{\{\s*\.(\w+)\s*\}\}", body)
             hdr = [heads.get(f, f.upper()) for f in fields]
-            lines = [[format_template("{{." + f + "}}", r) for f in fields] for r in rows]
+            lines = [[format_template("{{." + f + "}}", r, strict=True) for f in fields]
+                     for r in rows]
             sys.stdout.write(table(hdr, lines))
             return
-        sys.stdout.write("".join(format_template(fmt, r) + "\n" for r in rows))
+        sys.stdout.write("".join(format_template(fmt, r, strict=True) + "\n" for r in rows))
         return
     sys.stdout.write(table([heads[c] for c in cols], [[str(r[c]) for c in cols] for r in rows]))
 
@@ -549,7 +576,7 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("names", nargs="+")
     args = parse(p, argv)
     from sandbox import lifecycle, volumes
-    from sandbox._inspect import format_template
+    from sandbox._template import render as format_template
     from sandbox.errors import ContainerNotFound, ImageNotFound
 
     if args.type not in ("", "container", "image", "volume"):

@@ -281,36 +281,12 @@ def _tabs_to_columns(lines: list[str]) -> str:
     return table(split[0], split[1:])
 
 
-def _go_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "<nil>"
-    if isinstance(value, list):
-        return "[" + " ".join(_go_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{_go_value(v)}" for k, v in sorted(value.items())) + "]"
-    return str(value)
-
-
 def fill_template(fmt: str, obj: Any) -> str:
-    """A small subset of Go templates: ``{{.A.B}}``, ``{{json .A}}``, ``{{json .}}``."""
-    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
+    """A row's ``--format`` template (``sandbox._template``; a field the row lacks is an
+    error, as on Docker's typed rows)."""
+    from sandbox._template import render as render_template
 
-    def lookup(path: str) -> Any:
-        value = obj
-        for part in [p for p in path.split(".") if p]:
-            if not isinstance(value, dict) or part not in value:
-                raise UsageError(f"template: can't evaluate field {part}",
-                                 hint="see the fields in `--format json` output")
-            value = value[part]
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        value = lookup(m.group(2))
-        return json.dumps(value) if m.group(1) else _go_value(value)
-
-    return re.sub(r"\{\{\s*(json\s+)?\.([\w.]*)\s*\}\}", sub, fmt)
+    return render_template(fmt, obj, strict=True)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -159,7 +159,7 @@ def main(command: str, argv: list[str]) -> int:
     if args.format == "json" or args.format == "{{json .}}":
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
     elif args.format:
-        from sandbox._inspect import format_template
+        from sandbox._template import render as format_template
 
         sys.stdout.write(format_template(args.format, info) + "\n")
     else:

@@ -26,7 +26,7 @@ def _volume(argv: list[str]) -> int:
                          hint="create, ls, inspect, rm or prune")
     sub, argv = argv[0], argv[1:]
     from sandbox import volumes
-    from sandbox._inspect import format_template
+    from sandbox._template import render as format_template
 
     engine = _engine()
     if sub == "create":
@@ -51,7 +51,8 @@ def _volume(argv: list[str]) -> int:
         if args.quiet:
             sys.stdout.write("".join(v["Name"] + "\n" for v in vols))
         elif args.format:
-            sys.stdout.write("".join(format_template(args.format, v) + "\n" for v in vols))
+            sys.stdout.write("".join(format_template(args.format, v, strict=True) + "\n"
+                                     for v in vols))
         else:
             from sandbox.cli.images import table
 

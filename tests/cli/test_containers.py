@@ -54,6 +54,16 @@ def test_run_d_ps_and_filters(cli, ctr):
     assert fmt.stdout.strip() == f"{name} running"
     table = cli("ps", "--filter", f"id={cid}", "--format", "table {{.ID}}\\t{{.Names}}")
     assert table.stdout.splitlines()[0].split() == ["CONTAINER", "ID", "NAMES"]
+    for bad, why in (("name=(", "invalid filter 'name=(': missing ), unterminated subpattern"),
+                     ("status=sleepy", "invalid filter 'status=sleepy': unrecognised status"),
+                     ("colour=red", "invalid filter 'colour=red' (filters: status=..."),
+                     ("label", "invalid filter 'label' (filters:")):
+        r = cli("ps", "--filter", bad)
+        assert r.returncode == 125 and r.stderr.startswith(f"sandbox: {why}"), r.stderr
+    r = cli("ps", "--filter", f"id={cid}", "--format", "{{.Names}}|{{.Bogus}}")
+    assert r.returncode == 125 and "can't evaluate field Bogus" in r.stderr, r.stdout
+    r = cli("ps", "--filter", f"id={cid}", "--format", "{{if .Labels}}{{.Labels}}{{end}}")
+    assert r.stdout == "team=qa\n", r.stderr
     dup = cli("run", "-d", "--name", name, "busybox", "true")
     assert dup.returncode == 125 and "already in use" in dup.stderr
 

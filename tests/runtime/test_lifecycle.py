@@ -304,7 +304,7 @@ def test_inspect_is_docker_shaped(engine):
     assert data["State"]["Pid"] == s.pid
     assert data["Config"]["Labels"]["k"] == "v" and data["Config"]["StopTimeout"] == 3
     assert data["Path"] == "sleep" and data["Args"] == ["30"]
-    from sandbox._inspect import format_template
+    from sandbox._template import render as format_template
 
     assert format_template("{{.State.Status}} {{index .Config.Labels \"k\"}}", data) == \
         "running v"
