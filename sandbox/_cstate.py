@@ -58,7 +58,9 @@ def starting_owner(cdir: str) -> dict[str, int]:
         values = [int(f) for f in fields]
     except (OSError, ValueError):
         return {}
-    return dict(zip(_STARTING_KEYS, values, strict=True)) if len(values) == 4 else {}
+    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
+        return {}  # no identity that ``alive`` could confirm: nobody to find dead
+    return dict(zip(_STARTING_KEYS, values, strict=True))
 
 
 def owned(state: dict[str, Any]) -> bool:

@@ -709,7 +709,7 @@ def test_a_container_being_started_by_a_live_run_is_left_alone(engine):
         "init_start": pid_1[1]}
     assert lc.cleanup_stale(engine) == 0
     assert lc.state(engine, spec.id).status == "created"
-    for garbage in (b"", b"12 x 3 4", b"1 2 3"):
+    for garbage in (b"", b"12 x 3 4", b"1 2 3", b"12 0 3 4"):  # 0: a start time not read
         Path(cs.owned_marker(spec.container_dir)).write_bytes(garbage)
         assert cs.starting_owner(spec.container_dir) == {}
         assert lc.state(engine, spec.id).status == "created"
