@@ -114,6 +114,12 @@ def _tokens(text: str) -> list[str]:
                 raise _fail(f"unterminated quoted string in {text!r}")
             out.append(text[i:j + 1])
             i = j + 1
+        elif ch == ")" and text.startswith(").", i):  # a field of the group's value
+            j = i + 1
+            while j < len(text) and (text[j].isalnum() or text[j] in "._"):
+                j += 1
+            out.append(text[i:j])
+            i = j
         elif ch in "|,()":
             out.append(ch)
             i += 1
@@ -226,7 +232,10 @@ def _literal(word: str) -> Any:
         raise _fail(f'function "{word}" not defined') from None
 
 
-def _operand(scope: _Scope, word: str) -> Any:
+def _operand(scope: _Scope, word: Any) -> Any:
+    if isinstance(word, tuple):  # ("group", words, chain)
+        value = _pipeline(scope, word[1])
+        return _field(scope, value, word[2]) if word[2] else value
     if word == ".":
         return scope.dot
     if word.startswith("."):
@@ -358,8 +367,31 @@ def _call(name: str, args: list[Any]) -> Any:
     raise _fail(f'function "{name}" not defined')
 
 
-def _pipeline(scope: _Scope, words: list[str]) -> Any:
-    commands: list[list[str]] = [[]]
+def _nest(words: list[Any]) -> list[Any]:
+    """``(`` ... ``)`` groups as ("group", words, field chain after the ``)``)."""
+    out: list[Any] = []
+    stack: list[list[Any]] = []
+    for word in words:
+        if word == "(":
+            stack.append(out)
+            out = []
+        elif isinstance(word, str) and word.startswith(")"):
+            if not stack:
+                raise _fail("unexpected right paren")
+            group = ("group", out, word[1:])
+            out = stack.pop()
+            out.append(group)
+        else:
+            out.append(word)
+    if stack:
+        raise _fail("unclosed left paren")
+    return out
+
+
+def _pipeline(scope: _Scope, words: list[Any]) -> Any:
+    if any(isinstance(w, str) and w[:1] in "()" for w in words):
+        words = _nest(words)
+    commands: list[list[Any]] = [[]]
     for word in words:
         if word == "|":
             commands.append([])
@@ -370,8 +402,8 @@ def _pipeline(scope: _Scope, words: list[str]) -> Any:
         if not command:
             raise _fail("missing command in pipeline")
         head, rest = command[0], command[1:]
-        if head[0] in ".$\"`" or head[0].isdigit() or head[0] == "-" or head in (
-                "true", "false", "nil"):
+        if isinstance(head, tuple) or head[0] in ".$\"`" or head[0].isdigit() \
+                or head[0] == "-" or head in ("true", "false", "nil"):
             if rest:
                 raise _fail(f"can't give argument to non-function {head}")
             if n:
@@ -400,7 +432,8 @@ def _execute(nodes: list[Any], scope: _Scope, out: list[str]) -> None:
         elif node[0] == "pipe":
             words = node[1]
             value = _pipeline(scope, words)
-            out.append(_print(value, words[0] if len(words) == 1 else ""))
+            out.append(_print(value, words[0] if len(words) == 1 and isinstance(words[0], str)
+                              else ""))
         else:
             kind, decl, words, body, other = node
             value = _pipeline(scope, words)

@@ -55,6 +55,20 @@ def test_range_if_with_variables_and_pipelines():
     assert render("{{range .Mounts -}}\n  {{- .Source}}{{end}}", DATA) == "/s1/s2"
 
 
+def test_parenthesised_groups_as_docker_docs_use_them():
+    """``docker inspect -f '{{(index (index .NetworkSettings.Ports "80/tcp") 0).HostPort}}'``"""
+    data = {"NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "127.0.0.1",
+                                                       "HostPort": "8080"}]}}}
+    assert render('{{(index (index .NetworkSettings.Ports "80/tcp") 0).HostPort}}', data) == \
+        "8080"
+    assert render('{{len (index .NetworkSettings.Ports "80/tcp")}}', data) == "1"
+    assert render('{{if (eq (len .NetworkSettings.Ports) 1)}}one{{end}}', data) == "one"
+    for bad, message in (("{{(len .X}}", "unclosed left paren"),
+                         ("{{len .X)}}", "unexpected right paren")):
+        with pytest.raises(UsageError, match=message):
+            render(bad, data)
+
+
 @pytest.mark.parametrize(("fmt", "message"), [
     ("{{join .Config.Env}}", "template: wrong number of args for join: want 2 got 1"),
     ("{{upper}}", "template: wrong number of args for upper: want 1 got 0"),
