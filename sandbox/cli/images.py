@@ -80,7 +80,15 @@ def _changes(items: list[str]) -> dict[str, Any]:
         word, _, rest = item.strip().partition(" ")
         word, rest = word.upper(), rest.strip()
         if word in ("CMD", "ENTRYPOINT"):
-            value = json.loads(rest) if rest.startswith("[") else ["/bin/sh", "-c", rest]
+            value: Any = ["/bin/sh", "-c", rest]
+            if rest.startswith("["):
+                try:
+                    value = json.loads(rest)
+                except ValueError:
+                    value = None
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise SandboxError(f"invalid --change {item!r}: not a JSON array of strings",
+                                       hint=f'write {word} ["cmd", "arg"], or {word} cmd arg')
             out["Cmd" if word == "CMD" else "Entrypoint"] = value
         elif word == "ENV":
             k, eq, v = rest.partition("=")

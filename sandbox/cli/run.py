@@ -145,6 +145,8 @@ def options_from_args(args: Namespace) -> tuple[object, list[str]]:
     labels = {}
     for item in args.label:
         k, _, v = item.partition("=")
+        if not k:
+            raise SpecError(f"invalid label {item!r}", hint="use KEY=VALUE or KEY")
         labels[k] = v
     entrypoint = None
     if args.entrypoint is not None:
@@ -163,6 +165,16 @@ def options_from_args(args: Namespace) -> tuple[object, list[str]]:
     return opts, list(args.command)
 
 
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _ulimit(text: str) -> dict[str, Any]:
     import resource
 
@@ -179,7 +191,10 @@ def _ulimit(text: str) -> dict[str, Any]:
         return int(v)
 
     s = num(soft)
-    return {"name": name.lower(), "soft": s, "hard": num(hard) if hard else s}
+    h = num(hard) if hard else s
+    if s > h:
+        raise SpecError(f"invalid ulimit {text!r}: the soft limit is above the hard one")
+    return {"name": name.lower(), "soft": s, "hard": h}
 
 
 def host_options_from_args(args: Namespace) -> Any:
@@ -191,9 +206,23 @@ def host_options_from_args(args: Namespace) -> Any:
 
         for item in args.publish:
             ports += parse_publish(item)
-    if args.restart.partition(":")[0] not in ("no", "on-failure", "always", "unless-stopped"):
+    policy, colon, retries = args.restart.partition(":")
+    if policy not in ("no", "on-failure", "always", "unless-stopped") or (
+            colon and (policy != "on-failure" or not retries.isdigit())):
         raise SpecError(f"invalid restart policy {args.restart!r}",
-                        hint="use no, on-failure[:N], always or unless-stopped")
+                        hint="use no, on-failure[:N] (N a number), always or unless-stopped")
+    for item in args.add_host:
+        host, sep, address = item.partition(":")
+        if not sep or not host or not (address == "host-gateway" or _is_ip(address)):
+            raise SpecError(f"invalid --add-host {item!r}", hint="use HOST:IP or HOST:host-gateway")
+    for item in args.dns:
+        if not _is_ip(item):
+            raise SpecError(f"invalid --dns {item!r}: not an IP address")
+    for item in args.expose:
+        port, _, proto = item.partition("/")
+        low, _, high = port.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or proto not in ("", "tcp", "udp"):
+            raise SpecError(f"invalid --expose {item!r}", hint="use PORT[-PORT][/tcp|udp]")
     if args.stop_signal:
         parse_signal(args.stop_signal)
     if args.network == "bridge":
@@ -277,7 +306,7 @@ def main(command: str, argv: list[str]) -> int:
     if args.tty and not os.isatty(0) and args.interactive and not args.detach:
         raise UsageError("the input device is not a TTY",
                          hint="drop -t, or run from a terminal")
-    if args.detach and args.rm and args.restart != "no":
+    if args.rm and args.restart != "no":
         raise UsageError("conflicting options: --restart and --rm")
     host = host_options_from_args(args)
     monitored = not args.detach and (bool(host.ports) or host.publish_all or

@@ -239,6 +239,10 @@ def test_cp_diff_commit_export(cli, ctr, tmp_path: Path):
     (tmp_path / "two").write_text("two\n")
     assert cli("cp", str(tmp_path / "two"), f"{cid}:/two").returncode == 0
     tag = f"cli-commit-{os.getpid()}"
+    for bad in ("CMD [", "CMD [1]", "ENTRYPOINT [\"a\", 2]"):
+        r = cli("commit", "-c", bad, cid, tag)
+        assert r.returncode == 125 and r.stderr.startswith(
+            f"sandbox: invalid --change '{bad}': not a JSON array of strings"), r.stderr
     r = cli("commit", "-m", "msg", "-c", "CMD [\"cat\", \"/two\"]", cid, tag)
     assert r.returncode == 0 and r.stdout.startswith("sha256:")
     r = cli("run", "--rm", tag)

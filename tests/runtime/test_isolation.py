@@ -332,6 +332,13 @@ def test_command_not_executable_is_126(cli, busybox_image):
     (["--log-opt", "max-file=0", "@IMAGE", "true"], "invalid --log-opt max-file value '0'"),
     (["--log-opt", "colour=red", "@IMAGE", "true"],
      "unknown log opt 'colour' for json-file log driver"),
+    (["--ulimit", "nofile=10:5", "@IMAGE", "true"], "the soft limit is above the hard one"),
+    (["--add-host", "bad", "@IMAGE", "true"], "invalid --add-host 'bad'"),
+    (["--add-host", "db:not-an-ip", "@IMAGE", "true"], "invalid --add-host 'db:not-an-ip'"),
+    (["--dns", "bogus", "@IMAGE", "true"], "invalid --dns 'bogus': not an IP address"),
+    (["--expose", "abc", "@IMAGE", "true"], "invalid --expose 'abc'"),
+    (["--restart", "always", "@IMAGE", "true"], "conflicting options: --restart and --rm"),
+    (["-l", "=x", "@IMAGE", "true"], "invalid label '=x'"),
 ])
 def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, args, message):
     before = set(os.listdir(session_store / "containers"))
@@ -344,6 +351,17 @@ def test_engine_errors_are_one_line_and_125(cli, busybox_image, session_store, a
     assert set(os.listdir(session_store / "containers")) == before
     # the container's first process, forked before the error was found, is gone too
     assert processes_with(token) == []
+
+
+def test_a_restart_policy_with_a_count_that_is_not_one_is_refused(cli, busybox_image,
+                                                                  session_store):
+    before = set(os.listdir(session_store / "containers"))
+    for policy in ("on-failure:x", "always:3", "sometimes"):
+        r = cli("run", "-d", "--restart", policy, busybox_image, "true")
+        assert (r.returncode, r.stderr.splitlines()[0]) == (
+            125, f"sandbox: invalid restart policy '{policy}' (use no, on-failure[:N] (N a "
+                 "number), always or unless-stopped)"), r.stderr
+    assert set(os.listdir(session_store / "containers")) == before
 
 
 def test_run_without_rm_keeps_an_exited_container(cli, busybox_image, session_store: Path):
