@@ -648,6 +648,9 @@ def cmd_exec(argv: list[str]) -> int:
 
     if args.tty and not os.isatty(0) and args.interactive:
         raise UsageError("the input device is not a TTY", hint="drop -t")
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise UsageError(f"the working directory {args.workdir!r} is invalid",
+                         hint="it needs to be an absolute path")
     return lifecycle.exec_stream(_engine(), args.container, args.command, env=env,
                                  workdir=args.workdir, user=args.user,
                                  interactive=args.interactive, tty=args.tty,

@@ -72,6 +72,9 @@ def test_exec_statuses_env_workdir(cli, ctr):
     cid = ctr("-e", "A=1", "busybox", "sleep", "60")
     r = cli("exec", "-e", "B=2", "-w", "/etc", cid[:8], "sh", "-c", "echo $A$B; pwd")
     assert (r.returncode, r.stdout) == (0, "12\n/etc\n")
+    r = cli("exec", "-w", "etc", cid, "pwd")
+    assert (r.returncode, r.stderr) == (125, "sandbox: the working directory 'etc' is invalid "
+                                             "(it needs to be an absolute path)\n")
     assert cli("exec", cid, "sh", "-c", "exit 9").returncode == 9
     r = cli("exec", cid, "nope")
     assert r.returncode == 127 and "executable file not found" in r.stderr
