@@ -794,8 +794,16 @@ def logs(engine: Engine, ref: str, *, stdout: bool = True, stderr: bool = True,
         return os.path.isdir(cdir) and _checked_state(engine, cid, cdir, cfg).get(
             "status") in _LIVE
 
+    def when(flag: str, value: Any) -> float | None:
+        try:
+            return parse_since(value)
+        except (ValueError, OverflowError):
+            raise SpecError(f"invalid value for {flag}: {value!r}",
+                            hint="a Unix time, a time such as 2024-01-02T03:04:05Z, or a "
+                                 "duration such as 10m") from None
+
     return read_log(os.path.join(cdir, "log.json"), streams=streams, tail=tail,
-                    since=parse_since(since), until=parse_since(until), follow=follow,
+                    since=when("--since", since), until=when("--until", until), follow=follow,
                     timestamps=timestamps, running=running)
 
 

@@ -138,10 +138,15 @@ def _check_env(spec: ContainerSpec) -> None:
                             hint="use -e NAME=VALUE or -e NAME")
 
 
-def _check_paths(spec: ContainerSpec) -> None:
-    if not spec.workdir.startswith("/"):
-        raise SpecError(f"the working directory {spec.workdir!r} is invalid",
+def check_workdir(workdir: str) -> None:
+    """``-w`` of ``run`` and ``exec``: an absolute path."""
+    if not workdir.startswith("/"):
+        raise SpecError(f"the working directory {workdir!r} is invalid",
                         hint="it needs to be an absolute path")
+
+
+def _check_paths(spec: ContainerSpec) -> None:
+    check_workdir(spec.workdir)
     for m in spec.mounts:
         if not m.target.startswith("/"):
             raise SpecError(f"invalid mount target {m.target!r}: it must be an absolute path")

@@ -522,15 +522,6 @@ def cmd_logs(argv: list[str]) -> int:
                          hint="a number of lines, or all") from None
     if tail is not None and tail < 0:
         tail = None  # as Docker: a negative count is all of it
-    from sandbox._logs import parse_since
-
-    for flag, value in (("--since", args.since), ("--until", args.until)):
-        try:
-            parse_since(value)
-        except (ValueError, OverflowError):
-            raise UsageError(f"invalid value for {flag}: {value!r}",
-                             hint="a Unix time, a time such as 2024-01-02T03:04:05Z, or a "
-                                  "duration such as 10m") from None
     out, err = sys.stdout.buffer, sys.stderr.buffer
     for stream, line in lifecycle.logs(_engine(), args.container, tail=tail, since=args.since,
                                        until=args.until, follow=args.follow,
@@ -638,7 +629,7 @@ def cmd_exec(argv: list[str]) -> int:
         raise UsageError("exec requires at least 2 arguments",
                          hint="sandbox exec [OPTIONS] CONTAINER COMMAND [ARG...]")
     from sandbox import lifecycle
-    from sandbox.spec import parse_env_file, parse_env_list
+    from sandbox.spec import check_workdir, parse_env_file, parse_env_list
 
     env: list[str] = []
     for path in args.env_file:
@@ -648,9 +639,8 @@ def cmd_exec(argv: list[str]) -> int:
 
     if args.tty and not os.isatty(0) and args.interactive:
         raise UsageError("the input device is not a TTY", hint="drop -t")
-    if args.workdir is not None and not args.workdir.startswith("/"):
-        raise UsageError(f"the working directory {args.workdir!r} is invalid",
-                         hint="it needs to be an absolute path")
+    if args.workdir is not None:
+        check_workdir(args.workdir)
     return lifecycle.exec_stream(_engine(), args.container, args.command, env=env,
                                  workdir=args.workdir, user=args.user,
                                  interactive=args.interactive, tty=args.tty,
